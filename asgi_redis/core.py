@@ -1,0 +1,425 @@
+"""RedisChannelLayer: the ASGI 1.0 channel layer over sharded Redis.
+
+Wire-compatible with asgi_redis 1.4.3 (see SPEC.md section 3), so old and
+new processes can share one Redis during a rolling upgrade. Every hot path
+is one Lua script per shard: send 1 round trip, non-blocking receive 1 per
+shard asked, send_group 1 to read the group plus 1 per shard written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import string
+import time
+import uuid
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import redis
+
+from . import scripts, spec
+from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts, shard_index
+from .errors import ChannelFull, LayerConnectionError, MessageTooLarge
+from .receiving import ReceivePlan
+from .serializers import EncryptedSerializer, MsgpackSerializer, UndecodableMessage
+
+logger = logging.getLogger("asgi_redis")
+
+Message = Dict[str, Any]
+DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+_GROUP_CHUNK = 1000  # members per script call: bounds how long one call holds Redis
+_random = random.SystemRandom()
+
+
+class RedisChannelLayer:
+    """ASGI 1.0 channel layer backed by one or more Redis servers.
+
+    Configure it with the keywords of SPEC.md section 2, either directly or
+    through Django's ``CHANNEL_LAYERS[...]["CONFIG"]``.
+    """
+
+    ChannelFull = ChannelFull
+    MessageTooLarge = MessageTooLarge
+
+    default_hosts: Sequence[Any] = [("localhost", 6379)]
+    blpop_timeout = 5  # seconds a blocking receive waits before (None, None)
+    shard_poll_interval = 0.02  # per-shard BLPOP slice when blocking on several shards
+    channel_statistics_expiry = 3600
+    global_statistics_expiry = 86400
+    global_stats_key = "#global#"
+    new_channel_suffix_length = 12
+
+    def __init__(
+        self,
+        expiry: int = 60,
+        hosts: Optional[Sequence[Any]] = None,
+        prefix: str = "asgi:",
+        group_expiry: int = 86400,
+        capacity: int = 100,
+        channel_capacity: Optional[Dict[Any, int]] = None,
+        symmetric_encryption_keys: Optional[Sequence[Any]] = None,
+        stats_prefix: str = "asgi-meta:",
+        connection_kwargs: Optional[Dict[str, Any]] = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.expiry = spec.check_positive_int("expiry", expiry)
+        self.group_expiry = spec.check_positive_int("group_expiry", group_expiry)
+        self.capacity = spec.check_positive_int("capacity", capacity)
+        self.max_message_size = spec.check_positive_int("max_message_size", max_message_size)
+        self.channel_capacity = spec.CapacityTable(capacity, channel_capacity)
+        self.prefix = _check_prefix("prefix", prefix)
+        self.stats_prefix = _check_prefix("stats_prefix", stats_prefix)
+        if self.prefix.startswith(self.stats_prefix) or self.stats_prefix.startswith(self.prefix):
+            raise ValueError(
+                f"prefix {prefix!r} and stats_prefix {stats_prefix!r} overlap; "
+                "flush() and statistics need them distinct"
+            )
+        self.connection_kwargs = check_connection_kwargs(connection_kwargs)
+        self.serializer: Any = MsgpackSerializer()
+        if symmetric_encryption_keys is not None:
+            # 1.4.3 accepted bodies up to 10 s older than expiry; so do we
+            self.serializer = EncryptedSerializer(
+                self.serializer, symmetric_encryption_keys, ttl=self.expiry + 10
+            )
+        self.shards: ShardSet = self._create_shards(hosts)
+        # Normal channels may live elsewhere (RedisLocalChannelLayer); by default
+        # they are spread over the same shards as everything else.
+        self.normal_shards: ShardSet = self._create_normal_shards()
+        self._send_turn = itertools.count()
+        self._receive_turn = itertools.count()
+        self.undecodable_count = 0
+
+    # -- strategy hooks, replaced by the Sentinel and local layers ---------
+
+    def _create_shards(self, hosts: Optional[Sequence[Any]]) -> ShardSet:
+        """The shards for ``?``/``!`` channels and groups."""
+        return HostShards(parse_hosts(hosts, self.default_hosts), self.connection_kwargs)
+
+    def _create_normal_shards(self) -> ShardSet:
+        """The shards for normal channels (no ``?`` or ``!``)."""
+        return self.shards
+
+    # -- ASGI API -----------------------------------------------------------
+
+    @property
+    def extensions(self) -> List[str]:
+        """Extension names this layer provides."""
+        return ["groups", "flush", "statistics"]
+
+    def send(self, channel: str, message: Message) -> None:
+        """Queue ``message`` on ``channel``. Never blocks.
+
+        Raises ``ChannelFull`` when the channel holds its capacity,
+        ``MessageTooLarge`` when the encoded body exceeds ``max_message_size``,
+        ``TypeError``/``ValueError`` for a bad name or message.
+        """
+        spec.validate_channel_name(channel)
+        spec.validate_message(message)
+        queue = spec.non_local_name(channel)
+        if "!" in channel:
+            message = dict(message)
+            message[spec.RESERVED_KEY] = channel
+        body = self._encode(message, channel)
+        shards, index = self._route(queue)
+        capacity = self.channel_capacity.for_channel(queue)
+        keys, args = self._send_call([(queue, capacity, 1)], [body])
+        with self._guard(shards, index, "send"):
+            full = scripts.SEND(shards.client(index), keys, args)
+        if full:
+            raise self.ChannelFull(f"channel {channel!r} is at its capacity of {capacity}")
+
+    def receive(self, channels: Iterable[str], block: bool = False) -> Tuple[Optional[str], Optional[Message]]:
+        """Return ``(channel, message)`` for one waiting message, or ``(None, None)``.
+
+        With ``block=True`` it waits up to ``blpop_timeout`` seconds for one.
+        """
+        names = spec.validate_channel_list(channels)
+        if not names:
+            return None, None
+        plan = ReceivePlan(self, self._receive_targets(names), next(self._receive_turn))
+        return plan.run(block)
+
+    def receive_many(self, channels: Iterable[str], block: bool = False) -> Tuple[Optional[str], Optional[Message]]:
+        """Deprecated alias of :meth:`receive`."""
+        warnings.warn("receive_many is deprecated; use receive", DeprecationWarning, stacklevel=2)
+        return self.receive(channels, block)
+
+    def new_channel(self, pattern: str) -> str:
+        """``pattern`` (ending in ``?``) plus a random suffix naming an unused channel."""
+        spec.validate_new_channel_pattern(pattern, self.new_channel_suffix_length)
+        while True:
+            name = pattern + "".join(
+                _random.choices(string.ascii_letters, k=self.new_channel_suffix_length)
+            )
+            index = self.shard_for(name)
+            with self._guard(self.shards, index, "new_channel"):
+                if not self.shards.client(index).exists(self.prefix + name):
+                    return name
+
+    # -- groups ---------------------------------------------------------------
+
+    def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group``, or refresh its membership."""
+        spec.validate_group_name(group)
+        spec.validate_channel_name(channel)
+        index = self.shard_for(group)
+        with self._guard(self.shards, index, "group_add"):
+            scripts.GROUP_ADD(
+                self.shards.client(index),
+                [self._group_key(group)],
+                [repr(time.time()), channel, self.group_expiry],
+            )
+
+    def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; a non-member is no error."""
+        spec.validate_group_name(group)
+        spec.validate_channel_name(channel)
+        index = self.shard_for(group)
+        with self._guard(self.shards, index, "group_discard"):
+            self.shards.client(index).zrem(self._group_key(group), channel)
+
+    def group_channels(self, group: str) -> List[str]:
+        """The current members of ``group`` (expired ones pruned)."""
+        spec.validate_group_name(group)
+        return self._group_members(group)
+
+    def send_group(self, group: str, message: Message) -> None:
+        """Send ``message`` to every member; full member channels are skipped."""
+        spec.validate_group_name(group)
+        spec.validate_message(message)
+        plain_body = self._encode(message, f"group {group}")
+        members = self._group_members(group)
+        bodies_by_shard: Dict[Tuple[int, int], Tuple[ShardSet, List[bytes], List[tuple]]] = {}
+        for channel in members:
+            queue = spec.non_local_name(channel)
+            shards, index = self._route(queue)
+            slot = bodies_by_shard.setdefault((id(shards), index), (shards, [plain_body], []))
+            if "!" not in channel:
+                body_number = 1
+            else:
+                slot[1].append(self._encode({**message, spec.RESERVED_KEY: channel}, channel))
+                body_number = len(slot[1])
+            slot[2].append((queue, self.channel_capacity.for_channel(queue), body_number))
+        for (_, index), (shards, bodies, targets) in bodies_by_shard.items():
+            calls = [
+                (scripts.SEND, *self._send_call(chunk, bodies))
+                for chunk in _chunks(targets, _GROUP_CHUNK)
+            ]
+            with self._guard(shards, index, "send_group"):
+                if len(calls) == 1:
+                    scripts.SEND(shards.client(index), calls[0][1], calls[0][2])
+                else:
+                    scripts.run_pipeline(shards.client(index), calls)
+
+    # -- flush and statistics -----------------------------------------------
+
+    def flush(self) -> None:
+        """Delete every message, group and statistic under this layer's prefixes."""
+        for shards, index in self._sweep():
+            with self._guard(shards, index, "flush"):
+                self._flush_client(shards.client(index))
+
+    def flush_counts(self) -> Dict[str, int]:
+        """Like :meth:`flush`, returning the number of keys removed per shard."""
+        counts = {}
+        for shards, index in self._sweep():
+            with self._guard(shards, index, "flush"):
+                counts[shards.describe(index)] = self._flush_client(shards.client(index))
+        return counts
+
+    def global_statistics(self) -> Dict[str, int]:
+        """``messages_count`` and ``channel_full_count`` summed over every shard."""
+        totals = {"messages_count": 0, "channel_full_count": 0}
+        keys = [self._stats_key(self.global_stats_key, name) for name in totals]
+        for shards, index in self._sweep():
+            with self._guard(shards, index, "global_statistics"):
+                values = shards.client(index).mget(keys)
+            for name, value in zip(totals, values):
+                totals[name] += int(value or 0)
+        return totals
+
+    def channel_statistics(self, channel: str) -> Dict[str, int]:
+        """Counters, pending messages and oldest age of one channel."""
+        spec.validate_channel_name(channel)
+        queue = spec.non_local_name(channel)
+        stats = {"messages_count": 0, "messages_pending": 0, "messages_max_age": 0, "channel_full_count": 0}
+        keys = [
+            self.prefix + queue,
+            self._stats_key(queue, "messages_count"),
+            self._stats_key(queue, "channel_full_count"),
+        ]
+        for shards, index in self._targets_for(queue):
+            with self._guard(shards, index, "channel_statistics"):
+                count, full, pending, age = scripts.CHANNEL_STATS(
+                    shards.client(index), keys, [self.expiry]
+                )
+            stats["messages_count"] += count
+            stats["channel_full_count"] += full
+            stats["messages_pending"] += pending
+            stats["messages_max_age"] = max(stats["messages_max_age"], age)
+        return stats
+
+    def close(self) -> None:
+        """Drop pooled connections; the layer reconnects if used again."""
+        for shard_set in {id(s): s for s in (self.shards, self.normal_shards)}.values():
+            shard_set.close()
+
+    # -- routing --------------------------------------------------------------
+
+    def shard_for(self, name: str) -> int:
+        """Index of the shard holding a ``?``/``!`` channel or a group."""
+        return shard_index(spec.non_local_name(name), len(self.shards))
+
+    def _route(self, queue: str) -> Tuple[ShardSet, int]:
+        """Where a send to ``queue`` goes: fixed for ``?``/``!``, in turn for normal ones."""
+        if spec.is_directed(queue):
+            return self.shards, shard_index(queue, len(self.shards))
+        return self.normal_shards, next(self._send_turn) % len(self.normal_shards)
+
+    def _targets_for(self, queue: str) -> List[Tuple[ShardSet, int]]:
+        """Every shard where messages for ``queue`` may wait."""
+        if spec.is_directed(queue):
+            return [(self.shards, shard_index(queue, len(self.shards)))]
+        return [(self.normal_shards, index) for index in range(len(self.normal_shards))]
+
+    def _receive_targets(self, names: List[str]) -> List[Tuple[ShardSet, int, List[str]]]:
+        """Queue keys to look at, grouped per shard (one script call each)."""
+        grouped: Dict[Tuple[int, int], Tuple[ShardSet, int, List[str]]] = {}
+        for name in names:
+            for shards, index in self._targets_for(name):
+                grouped.setdefault((id(shards), index), (shards, index, []))[2].append(self.prefix + name)
+        return list(grouped.values())
+
+    def _sweep(self) -> List[Tuple[ShardSet, int]]:
+        """Every distinct shard of this layer, for flush and statistics."""
+        sets = {id(s): s for s in (self.shards, self.normal_shards)}.values()
+        return [(shard_set, index) for shard_set in sets for index in range(len(shard_set))]
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _encode(self, message: Message, where: str) -> bytes:
+        body = self.serializer.encode(message)
+        if len(body) > self.max_message_size:
+            raise self.MessageTooLarge(
+                f"message for {where} is {len(body)} bytes encoded, over the "
+                f"max_message_size of {self.max_message_size}"
+            )
+        return body
+
+    def _send_call(self, targets: Sequence[Tuple[str, int, int]], bodies: Sequence[bytes]) -> Tuple[list, list]:
+        """KEYS and ARGV of send.lua for ``(queue, capacity, body number)`` targets."""
+        keys = [
+            self._stats_key(self.global_stats_key, "messages_count"),
+            self._stats_key(self.global_stats_key, "channel_full_count"),
+        ]
+        args: List[Any] = [
+            self.expiry,
+            self.channel_statistics_expiry,
+            self.global_statistics_expiry,
+            len(bodies),
+            *bodies,
+        ]
+        for queue, capacity, body_number in targets:
+            keys += [
+                self.prefix + uuid.uuid4().hex,
+                self.prefix + queue,
+                self._stats_key(queue, "messages_count"),
+                self._stats_key(queue, "channel_full_count"),
+            ]
+            args += [capacity, body_number]
+        return keys, args
+
+    def _group_members(self, group: str) -> List[str]:
+        index = self.shard_for(group)
+        with self._guard(self.shards, index, "group read"):
+            members = scripts.GROUP_MEMBERS(
+                self.shards.client(index),
+                [self._group_key(group)],
+                [int(time.time()) - self.group_expiry],
+            )
+        return [member.decode("utf8") for member in members]
+
+    def _group_key(self, group: str) -> str:
+        return f"{self.prefix}:group:{group}"
+
+    def _stats_key(self, channel: str, counter: str) -> str:
+        return f"{self.stats_prefix}{channel}:{counter}"
+
+    def _flush_client(self, client: redis.Redis) -> int:
+        # SCAN in bounded batches: KEYS (1.4.3) blocks Redis on a large keyspace
+        removed = 0
+        for prefix in (self.prefix, self.stats_prefix):
+            batch = []
+            for key in client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    removed += client.delete(*batch)
+                    batch = []
+            if batch:
+                removed += client.delete(*batch)
+        return removed
+
+    def _decode(self, queue_key: bytes, body: bytes) -> Optional[Tuple[str, Message]]:
+        """The ``(channel, message)`` of a popped body, or None when it cannot be decoded."""
+        channel = queue_key.decode("utf8")[len(self.prefix):]
+        try:
+            message = self.serializer.decode(body)
+        except UndecodableMessage as error:
+            self.undecodable_count += 1
+            logger.warning("Dropped a message on channel %s: %s", channel, error)
+            return None
+        real_channel = message.pop(spec.RESERVED_KEY, None)
+        if isinstance(real_channel, str):
+            channel = real_channel
+        return channel, message
+
+    def _guard(self, shards: ShardSet, index: int, action: str) -> "_ConnectionGuard":
+        return _ConnectionGuard(shards, index, action)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} shards={[self.shards.describe(i) for i in range(len(self.shards))]} prefix={self.prefix!r}>"
+
+
+class _ConnectionGuard:
+    """Turns redis-py's connection and timeout errors into LayerConnectionError
+    naming the shard, and tells the shard set (Sentinel drops its cached master)."""
+
+    __slots__ = ("shards", "index", "action")
+
+    def __init__(self, shards: ShardSet, index: int, action: str):
+        self.shards, self.index, self.action = shards, index, action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+        if kind is not None and issubclass(kind, (redis.ConnectionError, redis.TimeoutError)):
+            self.shards.connection_failed(self.index)
+            raise LayerConnectionError(
+                f"{self.action} failed: Redis {self.shards.describe(self.index)} "
+                f"{'did not answer in time' if issubclass(kind, redis.TimeoutError) else 'is unreachable'}: {error}"
+            ) from error
+        if kind is not None and issubclass(kind, redis.ResponseError) and str(error).startswith("READONLY"):
+            self.shards.connection_failed(self.index)
+            raise LayerConnectionError(
+                f"{self.action} failed: Redis {self.shards.describe(self.index)} is a read-only replica "
+                "(a failover is probably under way)"
+            ) from error
+        return False
+
+
+def _chunks(items: List[Any], size: int) -> Iterable[List[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _check_prefix(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty str, not {value!r}")
+    return value

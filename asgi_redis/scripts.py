@@ -1,0 +1,76 @@
+"""The Lua scripts, read once at import and run by SHA on any shard's client.
+
+Files are listed by name (not globbed) so a missing one fails at import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pkgutil
+from typing import Any, Sequence
+
+from redis.exceptions import NoScriptError
+
+
+class LuaScript:
+    """One script: EVALSHA, and on NOSCRIPT (fresh server, failover, SCRIPT FLUSH)
+    load it and run it again. NOSCRIPT means the script did not run, so the
+    retry cannot repeat an effect."""
+
+    def __init__(self, name: str, source: bytes):
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source).hexdigest()
+
+    def __call__(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipeline: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> None:
+        """Add a call to a pipeline; see run_pipeline for the NOSCRIPT handling."""
+        pipeline.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def run_pipeline(client: Any, calls: Sequence[tuple]) -> list:
+    """Run ``(script, keys, args)`` calls in one round trip on ``client``.
+
+    redis-py's own pipeline checks SCRIPT EXISTS before every execute, an extra
+    round trip; we send EVALSHA directly and rerun only the calls that answered
+    NOSCRIPT (they did not run, so nothing is repeated).
+    """
+    pipeline = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        script.queue(pipeline, keys, args)
+    results = pipeline.execute(raise_on_error=False)
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
+        for script in {calls[i][0] for i in missing}:
+            client.script_load(script.source)
+        pipeline = client.pipeline(transaction=False)
+        for i in missing:
+            script, keys, args = calls[i]
+            script.queue(pipeline, keys, args)
+        for i, result in zip(missing, pipeline.execute(raise_on_error=False)):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+def _load(name: str) -> LuaScript:
+    source = pkgutil.get_data(__name__.rpartition(".")[0], f"lua/{name}.lua")
+    if source is None:  # pragma: no cover - only for exotic loaders
+        raise ImportError(f"asgi_redis/lua/{name}.lua is missing from the package")
+    return LuaScript(name, source)
+
+
+SEND = _load("send")
+POP = _load("pop")
+TAKE_BODY = _load("take_body")
+GROUP_ADD = _load("group_add")
+GROUP_MEMBERS = _load("group_members")
+CHANNEL_STATS = _load("channel_stats")

@@ -1,0 +1,98 @@
+"""Message bodies: msgpack as asgi_redis 1.4.3 wrote them, optionally Fernet-encrypted.
+
+A serializer is any object with ``encode(message) -> bytes`` and
+``decode(bytes) -> message``; the layer never looks inside the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any, Dict, Iterable, List, Union
+
+import msgpack
+
+Key = Union[str, bytes]
+
+
+class UndecodableMessage(Exception):
+    """A stored body could not be decoded (corrupt, truncated, wrong key, too old)."""
+
+
+class MsgpackSerializer:
+    """msgpack with ``use_bin_type`` so bytes stay bytes and str stays str."""
+
+    def encode(self, message: Dict[str, Any]) -> bytes:
+        try:
+            return msgpack.packb(message, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as error:
+            # spec.validate_message catches these first; this is the backstop
+            raise TypeError(f"message cannot be encoded: {error}") from None
+
+    def decode(self, data: bytes) -> Dict[str, Any]:
+        try:
+            message = msgpack.unpackb(data, raw=False)
+        except Exception as error:  # msgpack raises a zoo of types on bad input
+            raise UndecodableMessage(f"body is not valid msgpack ({type(error).__name__})") from None
+        if not isinstance(message, dict):
+            raise UndecodableMessage(f"body decodes to a {type(message).__name__}, not a dict")
+        return message
+
+
+def fernet_key(key: Key) -> bytes:
+    """The Fernet key 1.4.3 derived from a configured key: urlsafe-b64(sha256(key))."""
+    if isinstance(key, str):
+        key = key.encode("utf8")
+    return base64.urlsafe_b64encode(hashlib.sha256(key).digest())
+
+
+class EncryptedSerializer:
+    """Wraps another serializer in a MultiFernet: the first key encrypts, all decrypt."""
+
+    def __init__(self, inner: Any, keys: Iterable[Key], ttl: int):
+        try:
+            from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise ImportError(
+                "symmetric_encryption_keys needs the 'cryptography' package: "
+                "pip install 'asgi_redis[cryptography]'"
+            ) from None
+        keys = check_encryption_keys(keys)
+        self._inner = inner
+        self._fernet = MultiFernet([Fernet(fernet_key(key)) for key in keys])
+        self._invalid_token = InvalidToken
+        self._ttl = ttl
+
+    def encode(self, message: Dict[str, Any]) -> bytes:
+        return self._fernet.encrypt(self._inner.encode(message))
+
+    def decode(self, data: bytes) -> Dict[str, Any]:
+        try:
+            plain = self._fernet.decrypt(data, ttl=self._ttl)
+        except self._invalid_token:
+            raise UndecodableMessage(
+                "body could not be decrypted: unknown key, tampered, or older than "
+                f"the decrypt TTL of {self._ttl} s"
+            ) from None
+        return self._inner.decode(plain)
+
+
+def check_encryption_keys(keys: Any) -> List[Key]:
+    if isinstance(keys, (str, bytes)):
+        raise ValueError(
+            "symmetric_encryption_keys must be a list of keys, not a single "
+            f"{type(keys).__name__}; write [{keys[:4]!r}...] instead"
+        )
+    try:
+        keys = list(keys)
+    except TypeError:
+        raise ValueError(f"symmetric_encryption_keys must be a list of keys, not {keys!r}") from None
+    if not keys:
+        raise ValueError("symmetric_encryption_keys is an empty list; give at least one key")
+    for key in keys:
+        if not isinstance(key, (str, bytes)) or not key:
+            raise ValueError(
+                f"each of symmetric_encryption_keys must be a non-empty str or bytes, "
+                f"not {type(key).__name__}"
+            )
+    return keys

@@ -1,0 +1,79 @@
+import pytest
+import redis
+
+from asgi_redis import RedisChannelLayer
+
+from .servers import RedisProcess
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisProcess()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_shards():
+    servers = [RedisProcess(), RedisProcess()]
+    yield servers
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def raw(redis_server):
+    """A plain redis-py client on the test server, for inspecting the layout."""
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_layer(redis_server):
+    """Build layers on the test server; every one is flushed before and after."""
+    made = []
+
+    def build(**config):
+        config.setdefault("hosts", [redis_server.url])
+        config.setdefault("expiry", 1)
+        config.setdefault("group_expiry", 2)
+        layer = RedisChannelLayer(**config)
+        layer.flush()
+        made.append(layer)
+        return layer
+
+    yield build
+    for layer in made:
+        try:
+            layer.flush()
+        except Exception:  # a test may have stopped the server on purpose
+            pass
+        layer.close()
+
+
+@pytest.fixture
+def layer(make_layer):
+    return make_layer()
+
+
+class RoundTrips:
+    """Counts round trips: one packed write to a Redis socket is one trip."""
+
+    def __init__(self):
+        self.count = 0
+        self.commands = []
+
+
+@pytest.fixture
+def round_trips(monkeypatch):
+    counter = RoundTrips()
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):
+        counter.count += 1
+        counter.commands.append(command)
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    return counter
