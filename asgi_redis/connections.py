@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+
+from . import retry
 
 HostSpec = Union[str, Tuple[str, int]]
 
@@ -24,8 +24,8 @@ URL_SCHEMES = ("redis", "rediss", "unix")
 
 # redis-py retries every command on connection errors by default. A retried
 # EVALSHA of our send script, after the first one ran but its reply was lost,
-# would queue the message twice: the layer is at-most-once, so no blind retries.
-_SAFE_DEFAULTS: Dict[str, Any] = {"retry": Retry(NoBackoff(), 0)}
+# would queue the message twice: the layer is at-most-once, so retries follow
+# asgi_redis.retry, which repeats only what cannot duplicate a message.
 
 _FORBIDDEN_KWARGS = {
     "decode_responses": "message bodies are binary; the layer decodes names itself",
@@ -97,11 +97,11 @@ def describe(host: HostSpec) -> str:
 
 
 def make_client(host: HostSpec, connection_kwargs: Dict[str, Any]) -> redis.Redis:
-    kwargs = {**_SAFE_DEFAULTS, **connection_kwargs}
+    kwargs = {**retry.client_defaults(), **connection_kwargs}
     try:
         if isinstance(host, str):
-            return redis.Redis.from_url(host, **kwargs)
-        return redis.Redis(host=host[0], port=host[1], **kwargs)
+            return retry.install(redis.Redis.from_url(host, **kwargs))
+        return retry.install(redis.Redis(host=host[0], port=host[1], **kwargs))
     except TypeError as error:
         raise ValueError(f"connection_kwargs not accepted by redis-py for {describe(host)}: {error}") from None
 
