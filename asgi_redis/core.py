@@ -22,6 +22,7 @@ import redis
 from . import scripts, spec
 from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts, shard_index
 from .errors import ChannelFull, LayerConnectionError, MessageTooLarge
+from .extensions import ExtensionsMixin
 from .receiving import ReceivePlan
 from .serializers import EncryptedSerializer, MsgpackSerializer, UndecodableMessage
 
@@ -33,7 +34,7 @@ _GROUP_CHUNK = 1000  # members per script call: bounds how long one call holds R
 _random = random.SystemRandom()
 
 
-class RedisChannelLayer:
+class RedisChannelLayer(ExtensionsMixin):
     """ASGI 1.0 channel layer backed by one or more Redis servers.
 
     Configure it with the keywords of SPEC.md section 2, either directly or
@@ -106,7 +107,7 @@ class RedisChannelLayer:
     @property
     def extensions(self) -> List[str]:
         """Extension names this layer provides."""
-        return ["groups", "flush", "statistics"]
+        return ["groups", "flush", "statistics", *self._extension_names()]
 
     def send(self, channel: str, message: Message) -> None:
         """Queue ``message`` on ``channel``. Never blocks.

@@ -9,6 +9,12 @@ BLPOP can only wait on one server. With several shards we wait on each for
 a short slice in turn instead of on one for the whole timeout (1.4.3 sat up
 to 5 s on one shard while messages waited on another), so a message on any
 shard is seen within about one slice.
+
+The search itself is I/O-free: :meth:`ReceivePlan.steps` is a generator that
+yields one :class:`Step` (a Redis call) at a time and is sent its reply.
+:meth:`ReceivePlan.run` answers the steps with blocking redis-py calls; the
+asyncio extension (``extensions.py``) answers the same steps with
+``redis.asyncio``, so sync and async receives share one implementation.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Generator, List, NamedTuple, Optional, Tuple
 
 import redis
 
@@ -30,39 +36,80 @@ Found = Tuple[str, dict]
 _NOTHING: Tuple[None, None] = (None, None)
 
 
+POP = "pop"  # pop.lua on ``keys``: (queue key, body) or None
+BLPOP = "blpop"  # BLPOP on ``keys`` for ``timeout`` seconds: (queue key, body key) or None
+TAKE_BODY = "take_body"  # take_body.lua on ``keys`` ([body key]): the body or None
+
+
+class Step(NamedTuple):
+    """One Redis call a receive needs, on one shard."""
+
+    kind: str
+    shards: ShardSet
+    index: int
+    keys: List[Any]
+    timeout: float = 0.0
+
+
+Steps = Generator[Step, Any, Tuple[Optional[str], Optional[dict]]]
+
+
 class ReceivePlan:
     """The shards and queue keys of one receive call."""
 
-    def __init__(self, layer: "RedisChannelLayer", targets: List[Tuple["ShardSet", int, List[str]]], turn: int):
+    def __init__(self, layer: RedisChannelLayer, targets: List[Tuple[ShardSet, int, List[str]]], turn: int):
         self.layer = layer
-        # each call starts at the next shard, so no shard is always looked at last
-        start = turn % len(targets)
-        self.targets = targets[start:] + targets[:start]
+        # each call starts at the next shard, so no shard is always looked at last;
+        # shard sets keep the layer's order (the local layer asks its own Redis first)
+        per_set: Dict[int, list] = {}
+        for target in targets:
+            per_set.setdefault(id(target[0]), []).append(target)
+        self.targets = []
+        for group in per_set.values():
+            start = turn % len(group)
+            self.targets += group[start:] + group[:start]
 
-    def run(self, block: bool) -> Tuple[Optional[str], Optional[dict]]:
-        deadline = time.monotonic() + self.layer.blpop_timeout if block else 0.0
+    def run(self, block: bool, timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[dict]]:
+        """Carry out :meth:`steps` with blocking redis-py calls."""
+        steps = self.steps(block, timeout)
+        reply = None
         while True:
-            found, dropped = self._sweep()
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+            with self.layer._guard(step.shards, step.index, "receive"):
+                reply = _run_step(self.layer, step)
+
+    def steps(self, block: bool, timeout: Optional[float] = None) -> Steps:
+        """The receive as a generator of :class:`Step`; each yield is sent the call's reply.
+
+        A blocking receive waits up to ``timeout`` seconds (default: the
+        layer's ``blpop_timeout``), then returns ``(None, None)``.
+        """
+        wait = self.layer.blpop_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait if block else 0.0
+        while True:
+            found, dropped = yield from self._sweep()
             if found is not None:
                 return found
             if dropped:
                 continue  # an undecodable body was discarded; look again at once
             if not block:
                 return _NOTHING
-            found = self._wait(deadline)
+            found = yield from self._wait(deadline)
             if found is not None:
                 return found
             if time.monotonic() >= deadline:
                 return _NOTHING
 
-    def _sweep(self) -> Tuple[Optional[Found], bool]:
+    def _sweep(self) -> Generator[Step, Any, Tuple[Optional[Found], bool]]:
         """One pop.lua call per shard; (message or None, whether one was dropped)."""
         dropped = False
         for shards, index, keys in self.targets:
             if len(keys) > 1:
                 keys = random.sample(keys, len(keys))  # no channel starves the others
-            with self.layer._guard(shards, index, "receive"):
-                reply = scripts.POP(shards.client(index), keys)
+            reply = yield Step(POP, shards, index, keys)
             if reply:
                 found = self.layer._decode(reply[0], reply[1])
                 if found is not None:
@@ -70,7 +117,7 @@ class ReceivePlan:
                 dropped = True
         return None, dropped
 
-    def _wait(self, deadline: float) -> Optional[Found]:
+    def _wait(self, deadline: float) -> Generator[Step, Any, Optional[Found]]:
         """BLPOP until a message arrives or the deadline passes; None for nothing."""
         slice_length = None if len(self.targets) == 1 else self.layer.shard_poll_interval
         while True:
@@ -78,18 +125,25 @@ class ReceivePlan:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                client = shards.client(index)
-                timeout = min(remaining, slice_length or remaining, _block_limit(client))
-                with self.layer._guard(shards, index, "receive"):
-                    reply = _blpop(self.layer, client, keys, timeout)
-                    if not reply:
-                        continue
-                    body = scripts.TAKE_BODY(client, [reply[1]])
+                timeout = min(remaining, slice_length or remaining, _block_limit(shards.client(index)))
+                reply = yield Step(BLPOP, shards, index, keys, timeout)
+                if not reply:
+                    continue
+                body = yield Step(TAKE_BODY, shards, index, [reply[1]])
                 if body is None:
                     continue  # the body expired while its key sat in the queue
                 found = self.layer._decode(reply[0], body)
                 if found is not None:
                     return found
+
+
+def _run_step(layer: Any, step: Step) -> Any:
+    client = step.shards.client(step.index)
+    if step.kind == POP:
+        return scripts.POP(client, step.keys)
+    if step.kind == TAKE_BODY:
+        return scripts.TAKE_BODY(client, step.keys)
+    return _blpop(layer, client, step.keys, step.timeout)
 
 
 def _block_limit(client: Any) -> float:
@@ -100,14 +154,25 @@ def _block_limit(client: Any) -> float:
     return max(0.01, socket_timeout - min(1.0, socket_timeout / 2))
 
 
-def _blpop(layer: Any, client: Any, keys: List[str], timeout: float) -> Any:
-    # Redis < 6 takes whole seconds only (and 0 would mean "forever")
+def blpop_timeout(layer: Any, timeout: float) -> float:
+    """The BLPOP timeout to send: Redis < 6 takes whole seconds only (and 0 means forever)."""
     if getattr(layer, "_whole_second_timeouts", False):
-        return client.blpop(keys, timeout=max(1, math.ceil(timeout)))
+        return max(1, math.ceil(timeout))
+    return max(0.01, round(timeout, 3))
+
+
+def refuses_fractional_timeout(layer: Any, error: redis.ResponseError) -> bool:
+    """True (and remembered on the layer) when ``error`` is an old Redis refusing a fractional timeout."""
+    if "timeout" not in str(error) or getattr(layer, "_whole_second_timeouts", False):
+        return False
+    layer._whole_second_timeouts = True
+    return True
+
+
+def _blpop(layer: Any, client: Any, keys: List[str], timeout: float) -> Any:
     try:
-        return client.blpop(keys, timeout=max(0.01, round(timeout, 3)))
+        return client.blpop(keys, timeout=blpop_timeout(layer, timeout))
     except redis.ResponseError as error:
-        if "timeout" not in str(error):
+        if not refuses_fractional_timeout(layer, error):
             raise
-        layer._whole_second_timeouts = True
-        return client.blpop(keys, timeout=max(1, math.ceil(timeout)))
+        return client.blpop(keys, timeout=blpop_timeout(layer, timeout))
