@@ -96,6 +96,8 @@ class RedisProcess:
                 try:
                     client.ping()
                     return
+                except (redis.AuthenticationError, redis.ResponseError):
+                    return  # it answers; it just wants a password
                 except redis.ConnectionError:
                     if self.process.poll() is not None:
                         raise RuntimeError(f"redis exited at start: {self.log_tail()}") from None
