@@ -1,0 +1,85 @@
+"""channels_redis ``hosts`` entries turned into synchronous redis-py clients.
+
+channels_redis accepts, per shard: a URL string, a ``(host, port)`` pair, a
+dict with ``"address"`` (a URL) plus connection keywords, a Sentinel dict
+(``"sentinels"``, ``"master_name"``, optional ``"sentinel_kwargs"`` plus
+connection keywords for the master), or a dict of plain ``redis.Redis``
+connection keywords. We read the same entries and build one pooled,
+thread-safe client per shard; redis-py pools notice a fork and reconnect.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+DEFAULT_HOSTS = [{"address": "redis://localhost:6379"}]
+
+
+def decode_hosts(hosts: Any) -> List[Dict[str, Any]]:
+    """Every entry as a dict, the way channels_redis normalises them."""
+    if not hosts:
+        return [dict(entry) for entry in DEFAULT_HOSTS]
+    if isinstance(hosts, (str, bytes)):
+        raise ValueError(
+            f"hosts must be a list, not a single string: write hosts=[{hosts!r}]"
+        )
+    if isinstance(hosts, dict) or not hasattr(hosts, "__iter__"):
+        raise ValueError(f"hosts must be a list of URLs, (host, port) pairs or dicts, not {hosts!r:.80}")
+    decoded = []
+    for entry in hosts:
+        if isinstance(entry, dict):
+            decoded.append(dict(entry))
+        elif isinstance(entry, (tuple, list)) and len(entry) == 2:
+            decoded.append({"host": entry[0], "port": entry[1]})
+        elif isinstance(entry, str):
+            decoded.append({"address": entry})
+        else:
+            raise ValueError(f"hosts entry {entry!r:.80} is not a URL, a (host, port) pair or a dict")
+    return decoded
+
+
+def describe_host(entry: Dict[str, Any]) -> str:
+    """An entry for messages, without passwords."""
+    if "address" in entry:
+        from ..connections import describe
+
+        return describe(entry["address"])
+    if "master_name" in entry:
+        return f"sentinel master {entry['master_name']!r}"
+    return f"{entry.get('host', 'localhost')}:{entry.get('port', 6379)}"
+
+
+def make_client(entry: Dict[str, Any]) -> redis.Redis:
+    """One pooled client for one ``hosts`` entry.
+
+    redis-py retries a command after a connection error by default. If the
+    first attempt ran but its reply was lost, a retried send would queue the
+    message twice, so unless the entry asks for retries itself we turn them off.
+    """
+    kwargs = dict(entry)
+    kwargs.setdefault("retry", Retry(NoBackoff(), 0))
+    for forbidden in ("decode_responses", "connection_pool"):
+        if forbidden in kwargs:
+            raise ValueError(f"hosts entry key {forbidden!r} is not supported: the client owns its pools")
+    try:
+        if "address" in kwargs:
+            address = kwargs.pop("address")
+            pool = redis.ConnectionPool.from_url(address, **kwargs)
+        elif "master_name" in kwargs:
+            master_name = kwargs.pop("master_name")
+            sentinels = kwargs.pop("sentinels", None)
+            if not sentinels:
+                raise ValueError(f"Sentinel hosts entry for {master_name!r} has no 'sentinels' list")
+            sentinel_kwargs = kwargs.pop("sentinel_kwargs", None)
+            sentinel = Sentinel([tuple(s) for s in sentinels], sentinel_kwargs=sentinel_kwargs)
+            pool = SentinelConnectionPool(master_name, sentinel, **kwargs)
+        else:
+            pool = redis.ConnectionPool(**kwargs)
+    except TypeError as error:
+        raise ValueError(f"hosts entry {describe_host(entry)}: redis-py rejects it: {error}") from None
+    return redis.Redis(connection_pool=pool)

@@ -1,0 +1,6 @@
+-- Drop members older than the group expiry and list the rest.
+-- KEYS[1]: the group sorted set (prefix + ":group:" + group)
+-- ARGV[1]: cutoff (int seconds): members added at or before it are gone
+-- Returns: the channel names still in the group
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)

@@ -1,0 +1,199 @@
+"""The Redis layout that channels_redis 4.x reads, with no Redis import.
+
+What channels_redis 4.3 writes (observed in Redis, matching its docs):
+
+* a channel is a sorted set at ``prefix + name`` (no separator); for a
+  process-specific channel ``"specific.abc!xyz"`` the key holds only the part
+  up to and including the ``!`` and the full name travels inside the message
+  as ``__asgi_channel__`` (a string from ``send``, a list from ``group_send``);
+* each member is ``random prefix (12 bytes) + body``, scored by the sender's
+  ``time.time()``; the body is msgpack (or JSON), optionally Fernet-encrypted
+  with the key ``urlsafe_b64(sha256(key))``. The random prefix only keeps
+  equal bodies from collapsing into one sorted-set member;
+* a group is a sorted set at ``prefix + ":group:" + name`` of channel names,
+  scored by the time they were added;
+* a name lives on shard ``crc32(name) & 0xFFF`` scaled to the host count.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional, Pattern, Tuple, Union
+
+import msgpack
+
+from ..connections import shard_index
+from ..serializers import check_encryption_keys, fernet_key
+
+CHANNEL_FIELD = "__asgi_channel__"
+MAX_NAME_LENGTH = 100  # channels.layers.BaseChannelLayer: names must be shorter
+_CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+(\![\d\w\-_.]*)?$")
+_GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
+
+CapacityPatterns = List[Tuple[Pattern, int]]
+
+
+def check_channel_name(name: Any) -> str:
+    if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH or not _CHANNEL_NAME.match(name):
+        raise TypeError(
+            f"channel name {name!r:.120} is invalid: it must be a str shorter than {MAX_NAME_LENGTH} "
+            "characters of ASCII letters, digits, '-', '_' and '.', with an optional '!' part"
+        )
+    return name
+
+
+def check_group_name(name: Any) -> str:
+    if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH or not _GROUP_NAME.match(name):
+        raise TypeError(
+            f"group name {name!r:.120} is invalid: it must be a str shorter than {MAX_NAME_LENGTH} "
+            "characters of ASCII letters, digits, '-', '_' and '.'"
+        )
+    return name
+
+
+def non_local_name(channel: str) -> str:
+    """The part of a channel name that names its Redis key (up to and including ``!``)."""
+    bang = channel.find("!")
+    return channel if bang < 0 else channel[: bang + 1]
+
+
+def channel_key(prefix: str, channel: str) -> str:
+    return prefix + non_local_name(channel)
+
+
+def group_key(prefix: str, group: str) -> str:
+    return f"{prefix}:group:{group}"
+
+
+def shard_of(name: str, shard_count: int) -> int:
+    # The same bucket arithmetic as asgi_redis 1.4.3 and channels_redis.
+    return 0 if shard_count == 1 else shard_index(name, shard_count)
+
+
+def compile_capacities(channel_capacity: Optional[Mapping[Any, int]]) -> CapacityPatterns:
+    """``{glob or compiled regex: capacity}`` in order, as channels' layers read it."""
+    if channel_capacity is None:
+        return []
+    if not isinstance(channel_capacity, Mapping):
+        raise ValueError(f"channel_capacity must be a dict of capacities, not {channel_capacity!r:.80}")
+    compiled = []
+    for pattern, capacity in channel_capacity.items():
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"channel_capacity[{pattern!r}] must be a positive int, not {capacity!r}")
+        if hasattr(pattern, "match"):
+            compiled.append((pattern, capacity))
+        elif isinstance(pattern, str):
+            compiled.append((re.compile(fnmatch.translate(pattern)), capacity))
+        else:
+            raise ValueError(f"channel_capacity key {pattern!r} is neither a glob str nor a compiled regex")
+    return compiled
+
+
+def capacity_for(channel: str, patterns: CapacityPatterns, default: int) -> int:
+    for pattern, capacity in patterns:
+        if pattern.match(channel):
+            return capacity
+    return default
+
+
+class MessageCodec:
+    """Turns a message dict into the sorted-set member channels_redis decodes.
+
+    ``serializer_format`` is ``"msgpack"`` or ``"json"``; any other name is
+    looked up in channels_redis's own serializer registry when it is
+    installed, so a project that registered its own format keeps it.
+    """
+
+    def __init__(self, serializer_format: str = "msgpack",
+                 symmetric_encryption_keys: Optional[List[Union[str, bytes]]] = None,
+                 random_prefix_length: int = 12, expiry: int = 60):
+        if isinstance(random_prefix_length, bool) or not isinstance(random_prefix_length, int) \
+                or random_prefix_length < 0:
+            raise ValueError(f"random_prefix_length must be an int >= 0, not {random_prefix_length!r}")
+        self.format = serializer_format
+        self.random_prefix_length = random_prefix_length
+        self.expiry = expiry
+        self._foreign = None
+        if serializer_format not in ("msgpack", "json"):
+            self._foreign = _registered_serializer(
+                serializer_format, symmetric_encryption_keys, random_prefix_length, expiry)
+        self._fernet = _multi_fernet(symmetric_encryption_keys) if symmetric_encryption_keys else None
+
+    @property
+    def encrypted(self) -> bool:
+        return self._fernet is not None
+
+    @property
+    def splicable(self) -> bool:
+        """Whether Redis itself can append ``__asgi_channel__`` to an encoded body
+        (plain msgpack or JSON only: it cannot encrypt)."""
+        return self._fernet is None and self._foreign is None
+
+    def encode(self, message: Dict[str, Any]) -> bytes:
+        if self._foreign is not None:
+            return self._foreign.serialize(message)
+        body = self._plain(message)
+        if self._fernet is not None:
+            body = self._fernet.encrypt(body)
+        return self.nonce() + body
+
+    def decode(self, member: bytes) -> Dict[str, Any]:
+        """The inverse of :meth:`encode`, for tests and inspection tools."""
+        if self._foreign is not None:
+            return self._foreign.deserialize(member)
+        body = member[self.random_prefix_length:]
+        if self._fernet is not None:
+            body = self._fernet.decrypt(body)
+        return msgpack.unpackb(body) if self.format == "msgpack" else json.loads(body)
+
+    def nonce(self) -> bytes:
+        return os.urandom(self.random_prefix_length)
+
+    def splice_parts(self, message: Dict[str, Any]) -> Tuple[bytes, bytes]:
+        """``(head, tail)`` such that ``head + encoded_list + tail`` is the body of
+        ``message`` with ``__asgi_channel__`` set to that list.
+
+        The field goes last with a null value; cutting the null off leaves the
+        head, so the Lua script only has to encode a list of names.
+        """
+        with_field = dict(message)
+        with_field[CHANNEL_FIELD] = None
+        body = self._plain(with_field)
+        if self.format == "msgpack":
+            return body[:-1], b""  # msgpack nil is the single byte 0xc0
+        return body[: -len(b"null}")], b"}"
+
+    def _plain(self, message: Dict[str, Any]) -> bytes:
+        try:
+            if self.format == "msgpack":
+                return msgpack.packb(message)
+            return json.dumps(message).encode("utf-8")
+        except (TypeError, ValueError, OverflowError) as error:
+            raise TypeError(f"message cannot be encoded as {self.format}: {error}") from None
+
+
+def _multi_fernet(keys: Any) -> Any:
+    try:
+        from cryptography.fernet import Fernet, MultiFernet
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise ImportError(
+            "symmetric_encryption_keys needs the 'cryptography' package: pip install cryptography"
+        ) from None
+    return MultiFernet([Fernet(fernet_key(key)) for key in check_encryption_keys(keys)])
+
+
+def _registered_serializer(name: Any, keys: Any, random_prefix_length: int, expiry: int) -> Any:
+    try:
+        from channels_redis.serializers import registry
+    except ImportError:
+        registry = None
+    if registry is None or not isinstance(name, str):
+        raise ValueError(f"serializer_format {name!r} is unknown: use 'msgpack' or 'json'")
+    try:
+        return registry.get_serializer(name, symmetric_encryption_keys=keys,
+                                       random_prefix_length=random_prefix_length, expiry=expiry)
+    except KeyError:
+        raise ValueError(f"serializer_format {name!r} is not registered with channels_redis") from None
