@@ -6,11 +6,13 @@ data layout, so old and new processes can share one Redis.
 
 from .core import RedisChannelLayer
 from .errors import ChannelFull, ChannelLayerError, LayerConnectionError, MessageTooLarge
+from .sentinel import RedisSentinelChannelLayer
 
 __version__ = "2.0.0"
 
 __all__ = [
     "RedisChannelLayer",
+    "RedisSentinelChannelLayer",
     "ChannelLayerError",
     "ChannelFull",
     "MessageTooLarge",
