@@ -20,7 +20,7 @@ setup(
     license="BSD-3-Clause",
     packages=find_packages(exclude=["tests", "tests.*"]),
     include_package_data=True,
-    package_data={"asgi_redis": ["lua/*.lua"]},
+    package_data={"asgi_redis": ["lua/*.lua"], "asgi_redis.modern": ["lua/*.lua"]},
     python_requires=">=3.9",
     install_requires=[
         "redis>=5.0",
