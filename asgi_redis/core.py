@@ -21,7 +21,7 @@ import redis
 
 from . import scripts, spec
 from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts, shard_index
-from .errors import ChannelFull, LayerConnectionError, MessageTooLarge
+from .errors import ChannelFull, ChannelLayerError, LayerConnectionError, MessageTooLarge
 from .extensions import ExtensionsMixin
 from .receiving import ReceivePlan
 from .serializers import EncryptedSerializer, MsgpackSerializer, UndecodableMessage
@@ -402,13 +402,27 @@ class _ConnectionGuard:
                 f"{self.action} failed: Redis {self.shards.describe(self.index)} "
                 f"{'did not answer in time' if issubclass(kind, redis.TimeoutError) else 'is unreachable'}: {error}"
             ) from error
-        if kind is not None and issubclass(kind, redis.ResponseError) and str(error).startswith("READONLY"):
+        if kind is not None and issubclass(kind, redis.ResponseError) and _has_error_code(error, "READONLY"):
             self.shards.connection_failed(self.index)
             raise LayerConnectionError(
                 f"{self.action} failed: Redis {self.shards.describe(self.index)} is a read-only replica "
                 "(a failover is probably under way)"
             ) from error
+        if kind is not None and issubclass(kind, redis.ResponseError) and _has_error_code(error, "OOM"):
+            raise ChannelLayerError(
+                f"{self.action} failed: Redis {self.shards.describe(self.index)} is out of memory "
+                "(maxmemory reached and its policy evicts nothing); the write was refused"
+            ) from error
         return False
+
+
+def _has_error_code(error: Exception, code: str) -> bool:
+    """Whether a Redis error reply carries ``code``, also when a Lua script wrapped it."""
+    # redis-py strips known codes off the text (READONLY -> ReadOnlyError, OOM ->
+    # OutOfMemoryError); inside a script the reply reads "Error running script ... -OOM ..."
+    by_class = {"READONLY": redis.exceptions.ReadOnlyError, "OOM": redis.exceptions.OutOfMemoryError}
+    text = str(error)
+    return isinstance(error, by_class[code]) or text.startswith(code + " ") or f"-{code} " in text
 
 
 def _chunks(items: List[Any], size: int) -> Iterable[List[Any]]:
