@@ -191,7 +191,10 @@ class RedisChannelLayer(ExtensionsMixin):
         spec.validate_group_name(group)
         spec.validate_message(message)
         plain_body = self._encode(message, f"group {group}")
-        members = self._group_members(group)
+        self._send_to_members(self._group_members(group), message, plain_body)
+
+    def _send_to_members(self, members: List[str], message: Message, plain_body: bytes) -> None:
+        """One script call per shard holding members; the local layer diverts normal ones."""
         bodies_by_shard: Dict[Tuple[int, int], Tuple[ShardSet, List[bytes], List[tuple]]] = {}
         for channel in members:
             queue = spec.non_local_name(channel)

@@ -1,0 +1,437 @@
+"""RedisLocalChannelLayer: normal channels on this machine, the rest on Redis.
+
+Most of a Channels 1 deployment's traffic (``http.request``,
+``websocket.receive``) is on normal channels, which any worker may consume.
+Keeping them on the machine spares the shared Redis that traffic, while
+``?``/``!`` reply channels, ``new_channel`` and groups stay on the shared
+Redis so every worker can reach every client. asgi_redis 1.4.3 used asgi_ipc
+for the local side, which no longer works with msgpack 1.x.
+
+The local side is one of:
+
+- ``local_hosts``: a Redis on this machine (unix socket or loopback). It is
+  only another shard set for normal channels (the core's
+  ``_create_normal_shards`` hook), so the core's send, receive, send_group,
+  flush and statistics run unchanged, with the same round trips and the same
+  encryption.
+- ``local_layer``: any other classic (ASGI 1.0) layer, given built or as a
+  dotted import path. Normal-channel calls are handed to it; the routing
+  points below are the only overrides.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import select
+import time
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import redis
+
+from . import scripts, spec
+from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts
+from .core import Message, RedisChannelLayer
+from .receiving import ReceivePlan
+
+# Extensions the delegation below carries over to a local_layer; the others
+# ("twisted", "asyncio") would bypass it, so they are not offered in that mode.
+_DELEGATED_EXTENSIONS = ("flush", "statistics")
+_NOTHING: Tuple[None, None] = (None, None)
+Received = Tuple[Optional[str], Optional[Message]]
+_Target = Tuple[ShardSet, int, List[str]]
+
+
+class RedisLocalChannelLayer(RedisChannelLayer):
+    """Normal channels over a machine-local transport, everything else over Redis.
+
+    Configure exactly one of ``local_hosts`` (recommended: a Redis on this
+    machine, e.g. ``["unix:///run/redis/redis.sock"]``) or ``local_layer``
+    (another channel layer object, or the dotted path of its class, built with
+    this layer's expiry, group_expiry, capacity, channel_capacity and
+    encryption keys plus ``local_layer_config``). Other keywords are those of
+    :class:`RedisChannelLayer`.
+
+    Normal channels must be consumed on the machine that sends to them; that
+    includes normal channels in a group, which ``send_group`` delivers on the
+    sender's machine.
+    """
+
+    local_poll_interval = 0.02  # seconds between looks at a local_layer during a mixed blocking receive
+    _client_unblock: Optional[bool] = None  # False once a server refused CLIENT ID (Redis < 5)
+
+    def __init__(
+        self,
+        expiry: int = 60,
+        hosts: Optional[Sequence[Any]] = None,
+        prefix: str = "asgi:",
+        group_expiry: int = 86400,
+        capacity: int = 100,
+        channel_capacity: Optional[Dict[Any, int]] = None,
+        local_hosts: Optional[Sequence[Any]] = None,
+        local_layer: Any = None,
+        local_layer_config: Optional[Dict[str, Any]] = None,
+        local_connection_kwargs: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> None:
+        _check_local_settings(local_hosts, local_layer, local_layer_config, local_connection_kwargs)
+        # read by _create_normal_shards, which the core calls from its __init__
+        self._local_hosts = local_hosts
+        self._local_connection_kwargs = local_connection_kwargs
+        self.local_layer: Any = None
+        super().__init__(
+            expiry=expiry, hosts=hosts, prefix=prefix, group_expiry=group_expiry,
+            capacity=capacity, channel_capacity=channel_capacity, **kwargs,
+        )
+        self._owns_local_layer = isinstance(local_layer, str)
+        if local_layer is not None:
+            settings = {
+                "expiry": self.expiry,
+                "group_expiry": self.group_expiry,
+                "capacity": self.capacity,
+                "channel_capacity": channel_capacity,
+            }
+            if kwargs.get("symmetric_encryption_keys") is not None:
+                settings["symmetric_encryption_keys"] = kwargs["symmetric_encryption_keys"]
+            self.local_layer = _build_local_layer(local_layer, {**settings, **(local_layer_config or {})})
+
+    def _create_normal_shards(self) -> ShardSet:
+        if self._local_hosts is None:
+            return self.shards  # local_layer mode: the core never routes normal channels
+        if self._local_connection_kwargs is None:
+            connection_kwargs = self.connection_kwargs
+        else:
+            connection_kwargs = check_connection_kwargs(self._local_connection_kwargs)
+        return HostShards(parse_hosts(self._local_hosts, [], what="local_hosts"), connection_kwargs)
+
+    @property
+    def extensions(self) -> List[str]:
+        """What both sides provide; groups live on Redis only, so they need only Redis."""
+        own = super().extensions
+        if self.local_layer is None:
+            return own
+        local = set(getattr(self.local_layer, "extensions", ()))
+        return [name for name in own if name == "groups" or (name in _DELEGATED_EXTENSIONS and name in local)]
+
+    # -- routing points for local_layer mode ------------------------------------
+    # With local_hosts every call below falls through to the core.
+
+    def send(self, channel: str, message: Message) -> None:
+        """Queue ``message``; normal channels go to the local transport."""
+        spec.validate_channel_name(channel)
+        if self.local_layer is None or spec.is_directed(channel):
+            return super().send(channel, message)
+        spec.validate_message(message)
+        with self._local_errors():
+            self.local_layer.send(channel, message)
+
+    def receive(self, channels: Iterable[str], block: bool = False) -> Received:
+        """Like :meth:`RedisChannelLayer.receive`; a mixed list looks locally first.
+
+        A blocking receive on more than one server (the local Redis and the
+        remote one) waits on all of them at once, so a message on either side
+        is returned as soon as it arrives. With a ``local_layer``, which cannot
+        take part in that wait, the local side is looked at every
+        ``local_poll_interval`` seconds meanwhile.
+        """
+        names = spec.validate_channel_list(channels)
+        local: List[str] = []
+        if self.local_layer is not None:
+            local = [name for name in names if not spec.is_directed(name)]
+            names = [name for name in names if spec.is_directed(name)]
+            if not names:
+                return self.local_layer.receive(local, block=block) if local else _NOTHING
+        targets = self._receive_targets(names)
+        if not local and (not block or len(targets) == 1):
+            return super().receive(names, block)
+        return self._receive_everywhere(local, targets, block)
+
+    def _receive_everywhere(
+        self, local: List[str], targets: List[_Target], block: bool
+    ) -> Received:
+        """Non-blocking looks (local first), then one wait on every server at once, until the deadline."""
+        deadline = time.monotonic() + self.blpop_timeout
+        plan = ReceivePlan(self, targets, next(self._receive_turn))
+        while True:
+            found = self.local_layer.receive(local, block=False) if local else _NOTHING
+            if found[0] is None:
+                found = plan.run(False)
+            remaining = deadline - time.monotonic()
+            if found[0] is not None or not block or remaining <= 0:
+                return found
+            if self._client_unblock is False:
+                # Redis < 5: no CLIENT UNBLOCK; wait in slices, as the core does across shards
+                slice_length = self.local_poll_interval if local else remaining
+                found = plan.run(True, timeout=min(remaining, slice_length))
+            else:
+                found = self._wait_everywhere(local, targets, deadline)
+            if found[0] is not None:
+                return found
+
+    def _wait_everywhere(
+        self, local: List[str], targets: List[_Target], deadline: float
+    ) -> Received:
+        try:
+            pops = _PendingPops(self, targets, deadline - time.monotonic())
+        except _NoClientUnblock:
+            self._client_unblock = False
+            return _NOTHING
+        found: Received = _NOTHING
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if local:
+                    remaining = min(remaining, self.local_poll_interval)
+                if remaining <= 0 or pops.wait(remaining):
+                    break
+                if local:
+                    found = self.local_layer.receive(local, block=False)
+                    if found[0] is not None:
+                        break
+        finally:
+            popped = pops.finish()
+        if found[0] is not None:
+            self._push_back(popped)
+            return found
+        for position, (target, (queue_key, body_key)) in enumerate(popped):
+            shards, index, _ = target
+            with self._guard(shards, index, "receive"):
+                body = scripts.TAKE_BODY(shards.client(index), [body_key])
+            found = self._decode(queue_key, body) if body is not None else None
+            if found is not None:
+                self._push_back(popped[position + 1:])
+                return found
+        return _NOTHING
+
+    def _push_back(self, popped: List[Tuple[_Target, Any]]) -> None:
+        """Return message keys popped by losing waits to the head of their queues, in order."""
+        for (shards, index, _), (queue_key, body_key) in popped:
+            with self._guard(shards, index, "receive"):
+                pipeline = shards.client(index).pipeline(transaction=False)
+                pipeline.lpush(queue_key, body_key)
+                pipeline.expire(queue_key, self.expiry + 1)
+                pipeline.execute()
+
+    def _receive_targets(self, names: List[str]) -> List[Tuple[ShardSet, int, List[str]]]:
+        # the machine-local Redis first: the cheap look, and what the contract asks
+        targets = super()._receive_targets(names)
+        return sorted(targets, key=lambda target: target[0] is not self.normal_shards)
+
+    def _send_to_members(self, members: List[str], message: Message, plain_body: bytes) -> None:
+        if self.local_layer is None:
+            return super()._send_to_members(members, message, plain_body)
+        full_errors = (self.ChannelFull, getattr(self.local_layer, "ChannelFull", self.ChannelFull))
+        for channel in members:
+            if not spec.is_directed(channel):
+                try:
+                    self.local_layer.send(channel, message)
+                except full_errors:
+                    pass  # send_group skips full members silently
+        remote = [channel for channel in members if spec.is_directed(channel)]
+        if remote:
+            super()._send_to_members(remote, message, plain_body)
+
+    def flush(self) -> None:
+        """Empty the Redis side and the local transport."""
+        self._require_local("flush")
+        super().flush()
+        if self.local_layer is not None:
+            self.local_layer.flush()
+
+    def flush_counts(self) -> Dict[str, int]:
+        """Like :meth:`flush`; a local layer's counts appear under ``local ...`` keys when it gives them."""
+        self._require_local("flush")
+        counts = super().flush_counts()
+        if self.local_layer is not None:
+            local_counts = getattr(self.local_layer, "flush_counts", None)
+            if callable(local_counts):
+                counts.update({f"local {where}": count for where, count in local_counts().items()})
+            else:
+                self.local_layer.flush()
+        return counts
+
+    def global_statistics(self) -> Dict[str, int]:
+        """Counters summed over the Redis side and the local transport."""
+        self._require_local("statistics")
+        totals = super().global_statistics()
+        if self.local_layer is not None:
+            for name, value in self.local_layer.global_statistics().items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
+    def channel_statistics(self, channel: str) -> Dict[str, int]:
+        """Statistics of one channel, from the side that carries it."""
+        spec.validate_channel_name(channel)
+        if self.local_layer is None or spec.is_directed(channel):
+            return super().channel_statistics(channel)
+        self._require_local("statistics")
+        return self.local_layer.channel_statistics(channel)
+
+    def close(self) -> None:
+        """Drop pooled connections, and close a local layer this one built."""
+        super().close()
+        if self._owns_local_layer and callable(getattr(self.local_layer, "close", None)):
+            self.local_layer.close()
+
+    def _require_local(self, extension: str) -> None:
+        if self.local_layer is not None and extension not in self.extensions:
+            raise NotImplementedError(
+                f"local_layer {self.local_layer!r} does not provide the {extension!r} extension"
+            )
+
+    @contextmanager
+    def _local_errors(self) -> Iterator[None]:
+        """The local layer's ChannelFull/MessageTooLarge as this layer's, so callers catch one class."""
+        full = getattr(self.local_layer, "ChannelFull", self.ChannelFull)
+        too_large = getattr(self.local_layer, "MessageTooLarge", self.MessageTooLarge)
+        try:
+            yield
+        except (self.ChannelFull, self.MessageTooLarge):
+            raise
+        except full as error:
+            raise self.ChannelFull(str(error)) from error
+        except too_large as error:
+            raise self.MessageTooLarge(str(error)) from error
+
+    def __repr__(self) -> str:
+        if self.local_layer is not None:
+            local = repr(self.local_layer)
+        else:
+            local = [self.normal_shards.describe(i) for i in range(len(self.normal_shards))]
+        return f"{super().__repr__()[:-1]} local={local}>"
+
+
+def _check_local_settings(local_hosts: Any, local_layer: Any, config: Any, connection_kwargs: Any) -> None:
+    if local_hosts is None and local_layer is None:
+        raise ValueError(
+            "RedisLocalChannelLayer needs a machine-local transport for normal channels: set "
+            "local_hosts to a Redis on this machine (e.g. local_hosts=['unix:///run/redis/redis.sock'] "
+            "or ['redis://127.0.0.1:6379']), or local_layer to another channel layer object or "
+            "its dotted import path"
+        )
+    if local_hosts is not None and local_layer is not None:
+        raise ValueError(
+            f"set only one of local_hosts ({local_hosts!r}) and local_layer ({local_layer!r})"
+        )
+    if config is not None and not isinstance(local_layer, str):
+        raise ValueError(
+            "local_layer_config is only used when local_layer is a dotted import path, "
+            f"not with local_layer={local_layer!r}"
+        )
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"local_layer_config must be a dict, not {config!r}")
+    if connection_kwargs is not None and local_hosts is None:
+        raise ValueError("local_connection_kwargs is only used with local_hosts")
+
+
+def _build_local_layer(local_layer: Any, settings: Dict[str, Any]) -> Any:
+    """The local layer object: ``local_layer`` itself, or its class built with ``settings``."""
+    if isinstance(local_layer, str):
+        factory = _import(local_layer)
+        if not callable(factory):
+            raise ValueError(f"local_layer {local_layer!r} names {factory!r}, not a layer class")
+        try:
+            inspect.signature(factory).bind(**settings)
+        except TypeError as error:
+            raise ValueError(
+                f"local_layer {local_layer!r} cannot be built with {sorted(settings)}: {error} "
+                "(encryption keys must reach both sides; extra settings go in local_layer_config)"
+            ) from None
+        except ValueError:
+            pass  # no introspectable signature; let the call itself decide
+        local_layer = factory(**settings)
+    for method in ("send", "receive"):
+        if not callable(getattr(local_layer, method, None)):
+            raise TypeError(f"local_layer {local_layer!r} is not a channel layer: it has no {method}()")
+    return local_layer
+
+
+def _import(path: str) -> Any:
+    module_name, _, attribute = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"local_layer {path!r} is not a dotted import path like 'package.module.Layer'")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"local_layer {path!r} cannot be imported: {error}") from None
+
+
+class _NoClientUnblock(Exception):
+    """The server has no CLIENT ID / CLIENT UNBLOCK (Redis < 5)."""
+
+
+class _PendingPops:
+    """One BLPOP in flight on each of several servers, each cancellable by CLIENT UNBLOCK.
+
+    BLPOP waits on one server only, and Redis honours a short BLPOP timeout
+    only at its next ``hz`` tick (every 100 ms by default), so waiting on each
+    server in turn for a short slice cannot see a message on either side
+    within 50 ms. Instead every server gets a BLPOP at once (sent with
+    CLIENT ID in the same write, so the wait costs no extra round trip);
+    the first reply wins and the others are cancelled.
+    """
+
+    def __init__(self, layer: RedisChannelLayer, targets: List[_Target], timeout: float):
+        self.layer = layer
+        self.pending: List[list] = []  # [target, connection, client id]
+        # whole seconds work on every Redis; we cancel at our own, exact deadline
+        seconds = max(1, math.ceil(timeout))
+        try:
+            for target in targets:
+                shards, index, keys = target
+                with layer._guard(shards, index, "receive"):
+                    connection = shards.client(index).connection_pool.get_connection()
+                    self.pending.append([target, connection, None])
+                    connection.send_packed_command(
+                        connection.pack_commands([("CLIENT", "ID"), ("BLPOP", *keys, seconds)])
+                    )
+            for entry in self.pending:
+                shards, index, _ = entry[0]
+                with layer._guard(shards, index, "receive"):
+                    entry[2] = entry[1].read_response()
+        except redis.ResponseError as error:
+            self._abandon()
+            raise _NoClientUnblock(str(error)) from error
+        except BaseException:
+            self._abandon()
+            raise
+
+    def wait(self, timeout: float) -> bool:
+        """True once some BLPOP has answered (or its connection broke)."""
+        if any(connection.can_read(0) for _, connection, _ in self.pending):
+            return True
+        sockets = [connection._sock for _, connection, _ in self.pending]
+        return bool(select.select(sockets, [], [], max(0.0, timeout))[0])
+
+    def finish(self) -> List[Tuple[_Target, Any]]:
+        """Cancel the BLPOPs still waiting; the ``(target, (queue key, body key))`` of those that popped."""
+        popped = []
+        failure: Optional[BaseException] = None
+        for target, connection, client_id in self.pending:
+            shards, index, _ = target
+            try:
+                with self.layer._guard(shards, index, "receive"):
+                    if not connection.can_read(0):
+                        shards.client(index).execute_command("CLIENT", "UNBLOCK", client_id)
+                    # nil when cancelled; a message when it won the race against the cancel
+                    reply = connection.read_response()
+            except BaseException as error:  # release every connection before raising
+                connection.disconnect()
+                failure = failure or error
+                reply = None
+            shards.client(index).connection_pool.release(connection)
+            if reply:
+                popped.append((target, reply))
+        self.pending = []
+        if failure is not None:
+            raise failure
+        return popped
+
+    def _abandon(self) -> None:
+        # a BLPOP may still be queued on these connections: never reuse them
+        for target, connection, _ in self.pending:
+            connection.disconnect()
+            target[0].client(target[1]).connection_pool.release(connection)
+        self.pending = []
