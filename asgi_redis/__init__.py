@@ -6,6 +6,7 @@ data layout, so old and new processes can share one Redis.
 
 from .core import RedisChannelLayer
 from .errors import ChannelFull, ChannelLayerError, LayerConnectionError, MessageTooLarge
+from .local import RedisLocalChannelLayer
 from .sentinel import RedisSentinelChannelLayer
 
 __version__ = "2.0.0"
@@ -13,6 +14,7 @@ __version__ = "2.0.0"
 __all__ = [
     "RedisChannelLayer",
     "RedisSentinelChannelLayer",
+    "RedisLocalChannelLayer",
     "ChannelLayerError",
     "ChannelFull",
     "MessageTooLarge",

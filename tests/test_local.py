@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from asgi_redis import RedisChannelLayer
-from asgi_redis.local import RedisLocalChannelLayer
+from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer
 
 from .servers import RedisProcess
 from .test_conformance import LayerConformance
