@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
+import msgpack
 import redis
 
 from .. import errors
@@ -219,14 +220,16 @@ class SyncChannelsRedisClient:
     def _group_send_in_two_steps(self, group: str, message: Dict[str, Any]) -> None:
         group_cutoff = int(time.time()) - self.group_expiry
         with self._shard(self._group_shard(group)) as client:
-            names = GROUP_MEMBERS(client, [wire.group_key(self.prefix, group)], [group_cutoff])
-        channels_by_key: Dict[str, List[str]] = {}
-        for name in names:
-            channel = name.decode("utf8")
-            channels_by_key.setdefault(wire.channel_key(self.prefix, channel), []).append(channel)
+            packed = GROUP_MEMBERS(client, [wire.group_key(self.prefix, group)], [group_cutoff])
+        names = msgpack.unpackb(packed) or []  # an empty Lua table packs as an empty map
+        channels_by_key: Dict[str, List[str]] = defaultdict(list)
+        prefix = self.prefix
+        for channel in names:  # wire.channel_key inlined: this loop is hot for big groups
+            bang = channel.find("!")
+            channels_by_key[prefix + (channel if bang < 0 else channel[: bang + 1])].append(channel)
         by_shard: Dict[int, List[str]] = defaultdict(list)
-        for key, channels in channels_by_key.items():
-            by_shard[wire.shard_of(wire.non_local_name(channels[0]), len(self._clients))].append(key)
+        for key in channels_by_key:
+            by_shard[wire.shard_of(key[len(prefix):], len(self._clients))].append(key)
         full = 0
         for index, keys in by_shard.items():
             bodies = [self._codec.encode({**message, wire.CHANNEL_FIELD: channels_by_key[key]})
