@@ -146,6 +146,15 @@ def test_our_group_send_after_their_group_discard(pair):
     assert receive_all(layer, [stays]) == [{"type": "t"}]
 
 
+def test_group_send_to_empty_or_unknown_group(pair, config, redis_server):
+    client, layer = pair(**config)
+    client.group_send("nobody.here", {"type": "void"})
+    client.group_add("emptied", "a.b")
+    client.group_discard("emptied", "a.b")
+    client.group_send("emptied", {"type": "void"})
+    assert queued_messages(redis_server) == 0
+
+
 def test_layout_matches_channels_redis(pair, redis_server):
     """Same keys, TTLs and member shape as channels_redis writes for the same calls."""
     client, layer = pair(expiry=30, group_expiry=300)
