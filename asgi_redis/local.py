@@ -269,6 +269,16 @@ class RedisLocalChannelLayer(RedisChannelLayer):
         self._require_local("statistics")
         return self.local_layer.channel_statistics(channel)
 
+    def receive_twisted(self, channels: Iterable[str]) -> Any:
+        """The Twisted extension; with a ``local_layer`` it is not offered."""
+        self._require_local("twisted")
+        return super().receive_twisted(channels)
+
+    async def receive_async(self, channels: Iterable[str]) -> Received:
+        """The asyncio extension; with a ``local_layer`` it is not offered."""
+        self._require_local("asyncio")
+        return await super().receive_async(channels)
+
     def close(self) -> None:
         """Drop pooled connections, and close a local layer this one built."""
         super().close()
@@ -278,7 +288,8 @@ class RedisLocalChannelLayer(RedisChannelLayer):
     def _require_local(self, extension: str) -> None:
         if self.local_layer is not None and extension not in self.extensions:
             raise NotImplementedError(
-                f"local_layer {self.local_layer!r} does not provide the {extension!r} extension"
+                f"the {extension!r} extension is not available with local_layer={self.local_layer!r} "
+                f"(available: {self.extensions})"
             )
 
     @contextmanager

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer
+from asgi_redis import local as local_module
 
 from .servers import RedisProcess
 from .test_conformance import LayerConformance
@@ -188,6 +189,57 @@ def test_blocking_receive_on_one_side_waits_there(make_local):
     layer.blpop_timeout = 0.3
     assert layer.receive(["http.request", "reply?a"], block=True) == (None, None)
     assert 0.25 < time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("mode", ["local_hosts", "local_layer"])
+def test_a_message_popped_by_the_losing_wait_is_put_back_not_lost(make_local, monkeypatch, mode):
+    config = {} if mode == "local_hosts" else {
+        "local_layer": "asgi_redis.RedisChannelLayer", "local_layer_config": {"hosts": [_local_url()]},
+    }
+    layer, sender = make_local(**config), make_local(**config)
+    sender.send("reply?a", {"n": 0})
+    original_wait = local_module._PendingPops.wait
+
+    def wait_until_every_side_popped(pops, timeout):
+        # force the race: both sides have popped before the first reply is noticed
+        sender.send("http.request", {"side": "local"})
+        sender.send("reply?a", {"side": "remote"})
+        deadline = time.monotonic() + 5
+        while not all(connection.can_read(0) for _, connection, _ in pops.pending):
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        # with a local_layer the local side is found by its poll, after a "timeout"
+        return original_wait(pops, timeout) if mode == "local_hosts" else False
+
+    assert layer.receive(["reply?a"]) == ("reply?a", {"n": 0})  # the queue exists, then empties
+    monkeypatch.setattr(local_module._PendingPops, "wait", wait_until_every_side_popped)
+    assert layer.receive(["reply?a", "http.request"], block=True) == ("http.request", {"side": "local"})
+    monkeypatch.undo()
+    assert layer.receive(["reply?a"]) == ("reply?a", {"side": "remote"})
+    assert layer.receive(["reply?a", "http.request"]) == (None, None)
+
+
+def test_a_local_server_dying_during_a_mixed_wait_is_a_clear_error(make_local, remote_raw):
+    from asgi_redis import LayerConnectionError
+
+    doomed = RedisProcess(unix_socket=True)
+    layer = RedisLocalChannelLayer(
+        hosts=[_remote().url], local_hosts=[f"unix://{doomed.unix_socket}"], expiry=1
+    )
+    try:
+        killer = threading.Timer(0.2, doomed.kill)
+        killer.start()
+        started = time.monotonic()
+        with pytest.raises(LayerConnectionError, match="unix://"):
+            layer.receive(["http.request", "reply?a"], block=True)
+        assert time.monotonic() - started < 3
+        killer.join()
+        # the remote wait was cancelled, not left blocked; the remote side still works
+        assert not [client for client in remote_raw.client_list() if "b" in client["flags"]]
+        assert layer.receive(["reply?a"]) == (None, None)
+    finally:
+        layer.close()
+        doomed.close()
 
 
 # -- groups ---------------------------------------------------------------------
