@@ -19,6 +19,8 @@ asyncio extension (``extensions.py``) answers the same steps with
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import random
 import time
@@ -148,10 +150,26 @@ def _run_step(layer: Any, step: Step) -> Any:
 
 def _block_limit(client: Any) -> float:
     """Longest BLPOP whose reply still arrives inside the client's socket timeout."""
-    socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    pool = client.connection_pool
+    default = _default_socket_timeout(pool.connection_class)
+    socket_timeout = pool.connection_kwargs.get("socket_timeout", default)
     if not socket_timeout:
         return math.inf
     return max(0.01, socket_timeout - min(1.0, socket_timeout / 2))
+
+
+@functools.cache
+def _default_socket_timeout(connection_class: type) -> Optional[float]:
+    # redis-py 8 reads with a 5 s socket timeout unless told otherwise (earlier
+    # versions: none), so a 5 s BLPOP would time out on the socket first
+    for klass in connection_class.__mro__:
+        try:
+            parameter = inspect.signature(klass.__init__).parameters.get("socket_timeout")
+        except (TypeError, ValueError):
+            continue
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return None
 
 
 def blpop_timeout(layer: Any, timeout: float) -> float:
