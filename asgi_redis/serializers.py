@@ -31,12 +31,29 @@ class MsgpackSerializer:
 
     def decode(self, data: bytes) -> Dict[str, Any]:
         try:
-            message = msgpack.unpackb(data, raw=False)
+            # Extension types are no ASGI value: refuse them rather than hand the
+            # worker an ExtType. msgpack's standard timestamp (a foreign producer's
+            # time value) arrives as a float of unix seconds, like time.time().
+            message = msgpack.unpackb(
+                data, raw=False, ext_hook=_refuse_extension, timestamp=1, object_hook=_str_keys_only
+            )
         except Exception as error:  # msgpack raises a zoo of types on bad input
             raise UndecodableMessage(f"body is not valid msgpack ({type(error).__name__})") from None
         if not isinstance(message, dict):
             raise UndecodableMessage(f"body decodes to a {type(message).__name__}, not a dict")
         return message
+
+
+def _refuse_extension(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not an allowed message value")
+
+
+def _str_keys_only(mapping: Dict[Any, Any]) -> Dict[str, Any]:
+    # a body with bytes or int keys came from no ASGI sender; the worker would choke on it
+    for key in mapping:
+        if type(key) is not str:
+            raise ValueError("a dict key is not a str")
+    return mapping
 
 
 def fernet_key(key: Key) -> bytes:
