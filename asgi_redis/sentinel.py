@@ -233,12 +233,26 @@ class _MasterConnection(SentinelManagedConnection):
     (Redis < 7 wraps it in a script error) and UNBLOCKED (a BLPOP cut off by
     the demotion)."""
 
+    _connecting = False
+
     def connect_to(self, address: Address) -> None:
+        self._connecting = True
         try:
             super().connect_to(address)
         except (redis.ConnectionError, redis.TimeoutError):
             self._forget_master()
             raise
+        finally:
+            self._connecting = False
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if not self._connecting and not self._sock:
+            # redis-py >= 6 reconnects through here, not connect(), when it
+            # retries a command: ask where the master is now, as connect() does,
+            # or the retry would go back to the old (dead or demoted) address
+            self.connect_to(self.connection_pool.get_master_address())
+            return
+        super().connect_check_health(*args, **kwargs)
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -251,7 +265,14 @@ class _MasterConnection(SentinelManagedConnection):
             if text.startswith("UNBLOCKED") or "-READONLY " in text or text.startswith("READONLY"):
                 self._forget_master()
                 self.disconnect()
-                raise redis.ConnectionError(f"the master was demoted to a replica: {text}") from error
+                demoted = redis.ConnectionError(f"the master was demoted to a replica: {text}")
+                # Not retried within the call: the demoted server may already have
+                # answered NOSCRIPT (its script cache is flushed by the resync),
+                # and the script wrapper reloads only once, so a retry on the new
+                # master could fail with a bare NOSCRIPT. The caller gets
+                # LayerConnectionError; its next operation goes to the new master.
+                setattr(demoted, retry._COMMAND, None)
+                raise demoted from error
             raise
 
     def _forget_master(self) -> None:
@@ -286,6 +307,9 @@ class SentinelShards(ShardSet):
         kwargs["connection_class"] = _MasterSSLConnection if kwargs.pop("ssl", False) else _MasterConnection
         try:
             pool = SentinelConnectionPool(service, self, **kwargs)
+            # the pool builds connections lazily: a misspelt option would only
+            # show at the first connect, deep inside a send
+            pool.connection_class(**pool.connection_kwargs)
             # the layer's retry policy: repeat only what cannot duplicate a message
             return retry.install(redis.Redis(connection_pool=pool))
         except TypeError as error:
