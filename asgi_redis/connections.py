@@ -93,7 +93,7 @@ def describe(host: HostSpec) -> str:
         if parsed.scheme == "unix":
             return f"unix://{parsed.path}"
         return f"{parsed.scheme}://{parsed.hostname}:{parsed.port or 6379}{parsed.path or ''}"
-    return "%s:%s" % host
+    return f"{host[0]}:{host[1]}"
 
 
 def make_client(host: HostSpec, connection_kwargs: Dict[str, Any]) -> redis.Redis:

@@ -47,8 +47,6 @@ class RedisChannelLayer(ExtensionsMixin):
     default_hosts: Sequence[Any] = [("localhost", 6379)]
     blpop_timeout = 5  # seconds a blocking receive waits before (None, None)
     shard_poll_interval = 0.02  # per-shard BLPOP slice when blocking on several shards
-    channel_statistics_expiry = 3600
-    global_statistics_expiry = 86400
     global_stats_key = "#global#"
     new_channel_suffix_length = 12
 
@@ -84,6 +82,13 @@ class RedisChannelLayer(ExtensionsMixin):
             self.serializer = EncryptedSerializer(
                 self.serializer, symmetric_encryption_keys, ttl=self.expiry + 10
             )
+        # send.lua's fixed arguments, encoded once (every argument costs on the hot path)
+        self._key_prefix = self.prefix.encode("utf8")
+        self._send_constants = [
+            str(self.expiry).encode(),
+            self.stats_prefix.encode("utf8"),
+            str(len(self._key_prefix)).encode(),
+        ]
         self.shards: ShardSet = self._create_shards(hosts)
         # Normal channels may live elsewhere (RedisLocalChannelLayer); by default
         # they are spread over the same shards as everything else.
@@ -314,24 +319,10 @@ class RedisChannelLayer(ExtensionsMixin):
 
     def _send_call(self, targets: Sequence[Tuple[str, int, int]], bodies: Sequence[bytes]) -> Tuple[list, list]:
         """KEYS and ARGV of send.lua for ``(queue, capacity, body number)`` targets."""
-        keys = [
-            self._stats_key(self.global_stats_key, "messages_count"),
-            self._stats_key(self.global_stats_key, "channel_full_count"),
-        ]
-        args: List[Any] = [
-            self.expiry,
-            self.channel_statistics_expiry,
-            self.global_statistics_expiry,
-            len(bodies),
-            *bodies,
-        ]
+        keys: List[Any] = []
+        args: List[Any] = [*self._send_constants, len(bodies), *bodies]
         for queue, capacity, body_number in targets:
-            keys += [
-                self.prefix + uuid.uuid4().hex,
-                self.prefix + queue,
-                self._stats_key(queue, "messages_count"),
-                self._stats_key(queue, "channel_full_count"),
-            ]
+            keys += [self._key_prefix + uuid.uuid4().hex.encode(), self._key_prefix + queue.encode("utf8")]
             args += [capacity, body_number]
         return keys, args
 
@@ -379,11 +370,12 @@ class RedisChannelLayer(ExtensionsMixin):
             channel = real_channel
         return channel, message
 
-    def _guard(self, shards: ShardSet, index: int, action: str) -> "_ConnectionGuard":
+    def _guard(self, shards: ShardSet, index: int, action: str) -> _ConnectionGuard:
         return _ConnectionGuard(shards, index, action)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} shards={[self.shards.describe(i) for i in range(len(self.shards))]} prefix={self.prefix!r}>"
+        shards = [self.shards.describe(index) for index in range(len(self.shards))]
+        return f"<{type(self).__name__} shards={shards} prefix={self.prefix!r}>"
 
 
 class _ConnectionGuard:

@@ -19,7 +19,7 @@ def legacy_python():
     explicit = os.environ.get("ASGI_REDIS_LEGACY_PYTHON")
     if explicit:
         return explicit
-    version = "py%d%d" % sys.version_info[:2]
+    version = "py{}{}".format(*sys.version_info[:2])
     home = os.path.join(os.path.dirname(HERE), ".tox", "legacy-1.4.3", version)
     python = os.path.join(home, "bin", "python")
     marker = os.path.join(home, "installed")
