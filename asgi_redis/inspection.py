@@ -1,0 +1,200 @@
+"""What is inside a layer, read with SCAN only (never KEYS, which blocks Redis
+for as long as it walks the whole keyspace).
+
+Keys under the layer's prefix are, in 1.4.3's layout: channel queues (lists),
+groups (sorted sets at ``<prefix>:group:<name>``) and message bodies
+(strings). Each SCAN batch is classified with one pipelined TYPE round trip
+and measured with one more, so inspecting never holds Redis for long.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import redis
+
+from .core import RedisChannelLayer
+
+SCAN_BATCH = 500
+_STATS_SUFFIXES = (":messages_count", ":channel_full_count")
+
+
+@dataclass
+class ChannelInfo:
+    name: str
+    pending: int
+    oldest_age: Optional[float]  # seconds since the oldest queued message was sent
+
+
+@dataclass
+class GroupInfo:
+    name: str
+    members: int  # live members (within group_expiry)
+    stored: int  # members in the sorted set, expired ones included
+
+
+@dataclass
+class ShardContents:
+    shard: str
+    channels: List[ChannelInfo] = field(default_factory=list)
+    groups: List[GroupInfo] = field(default_factory=list)
+    bodies: int = 0
+    other_keys: int = 0
+    scanned: int = 0
+    complete: bool = True  # False when --limit stopped the scan early
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def shards_of(layer: RedisChannelLayer) -> List[Tuple[str, redis.Redis]]:
+    """``(description, client)`` of every distinct shard of the layer."""
+    return [(shards.describe(index), shards.client(index)) for shards, index in layer._sweep()]
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def scan_batches(client: redis.Redis, prefix: str, batch: int = SCAN_BATCH) -> Iterator[List[bytes]]:
+    """Keys under ``prefix``, one SCAN reply at a time."""
+    cursor = 0
+    pattern = glob_escape(prefix) + "*"
+    while True:
+        cursor, keys = client.scan(cursor=cursor, match=pattern, count=batch)
+        if keys:
+            yield keys
+        if cursor == 0:
+            return
+
+
+def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redis,
+                  limit: int) -> ShardContents:
+    """Channels (pending, oldest age) and groups (members) on one shard, up to ``limit`` of each."""
+    contents = ShardContents(shard=description)
+    prefix = layer.prefix
+    group_prefix = f"{prefix}:group:"
+    for keys in scan_batches(client, prefix):
+        contents.scanned += len(keys)
+        types = _pipelined(client, [("type", key) for key in keys])
+        lists, groups = [], []
+        for key, kind in zip(keys, types):
+            name = key.decode("utf8", "replace")
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            if kind == "list":
+                lists.append((key, name[len(prefix):]))
+            elif kind == "zset" and name.startswith(group_prefix):
+                groups.append((key, name[len(group_prefix):]))
+            elif kind == "string":
+                contents.bodies += 1
+            elif kind != "none":  # "none": expired between SCAN and TYPE
+                contents.other_keys += 1
+        contents.channels += _measure_channels(layer, client, lists)
+        contents.groups += _measure_groups(layer, client, groups)
+        if len(contents.channels) >= limit and len(contents.groups) >= limit:
+            contents.complete = False
+            break
+    contents.channels.sort(key=lambda channel: (-channel.pending, channel.name))
+    contents.groups.sort(key=lambda group: (-group.members, group.name))
+    if len(contents.channels) > limit or len(contents.groups) > limit:
+        contents.complete = False
+    del contents.channels[limit:], contents.groups[limit:]
+    return contents
+
+
+def _measure_channels(layer: RedisChannelLayer, client: redis.Redis,
+                      lists: List[Tuple[bytes, str]]) -> List[ChannelInfo]:
+    if not lists:
+        return []
+    replies = _pipelined(client, [cmd for key, _ in lists for cmd in (("llen", key), ("lindex", key, 0))])
+    oldest_keys = [replies[2 * i + 1] for i in range(len(lists))]
+    ttls = _pipelined(client, [("pttl", key) for key in oldest_keys if key is not None])
+    ttls_iter = iter(ttls)
+    found = []
+    for i, (_, name) in enumerate(lists):
+        age = None
+        if oldest_keys[i] is not None:
+            ttl_ms = next(ttls_iter)
+            if ttl_ms is not None and ttl_ms >= 0:
+                age = round(max(0.0, layer.expiry - ttl_ms / 1000.0), 3)
+        found.append(ChannelInfo(name=name, pending=int(replies[2 * i] or 0), oldest_age=age))
+    return found
+
+
+def _measure_groups(layer: RedisChannelLayer, client: redis.Redis,
+                    groups: List[Tuple[bytes, str]]) -> List[GroupInfo]:
+    if not groups:
+        return []
+    oldest_live = time.time() - layer.group_expiry
+    replies = _pipelined(
+        client, [cmd for key, _ in groups for cmd in (("zcard", key), ("zcount", key, oldest_live, "+inf"))]
+    )
+    return [
+        GroupInfo(name=name, stored=int(replies[2 * i]), members=int(replies[2 * i + 1]))
+        for i, (_, name) in enumerate(groups)
+    ]
+
+
+def _pipelined(client: redis.Redis, commands: List[tuple]) -> List[Any]:
+    if not commands:
+        return []
+    pipeline = client.pipeline(transaction=False)
+    for name, *args in commands:
+        getattr(pipeline, name)(*args)
+    return pipeline.execute()
+
+
+def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
+    """Channel names that have statistics counters or a queue, at most ``limit``."""
+    names: Dict[str, None] = {}
+    global_part = layer.global_stats_key + ":"
+    for _, client in shards_of(layer):
+        for keys in scan_batches(client, layer.stats_prefix):
+            for key in keys:
+                rest = key.decode("utf8", "replace")[len(layer.stats_prefix):]
+                for suffix in _STATS_SUFFIXES:
+                    if rest.endswith(suffix) and not rest.startswith(global_part):
+                        names[rest[: -len(suffix)]] = None
+            if len(names) >= limit:
+                return sorted(names)[:limit]
+        for keys in scan_batches(client, layer.prefix):
+            for key, kind in zip(keys, _pipelined(client, [("type", key) for key in keys])):
+                if kind in (b"list", "list"):
+                    names[key.decode("utf8", "replace")[len(layer.prefix):]] = None
+            if len(names) >= limit:
+                return sorted(names)[:limit]
+    return sorted(names)
+
+
+def other_layer_prefixes(layer: RedisChannelLayer, max_keys: int = 20000) -> Tuple[List[str], List[str]]:
+    """Prefixes and statistics prefixes of other layers on the same Redis, as a
+    hint for a mistyped --prefix. Recognised by 1.4.3's key shapes: message
+    bodies ``<prefix><32 hex>``, groups ``<prefix>:group:<name>``, global
+    counters ``<stats prefix>#global#:messages_count``. Reads key names only,
+    at most ``max_keys`` per shard, so a huge keyspace costs little.
+    """
+    prefixes, stats_prefixes = set(), set()
+    marker = f"{layer.global_stats_key}:messages_count"
+    for _, client in shards_of(layer):
+        seen = 0
+        for keys in scan_batches(client, "", batch=1000):
+            for key in keys:
+                text = key.decode("utf8", "replace")
+                if text.endswith(marker):
+                    stats_prefixes.add(text[: -len(marker)])
+                elif ":group:" in text:
+                    prefixes.add(text.split(":group:", 1)[0])
+                elif _BODY_KEY.match(text):
+                    prefixes.add(text[:-32])
+            seen += len(keys)
+            if seen >= max_keys:
+                break
+    prefixes.discard(layer.prefix)
+    stats_prefixes.discard(layer.stats_prefix)
+    return sorted(prefixes - {""}), sorted(stats_prefixes)
+
+
+_BODY_KEY = re.compile(r"^.+[0-9a-f]{32}$")
