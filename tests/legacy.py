@@ -5,6 +5,7 @@ the pins of 1.4.3) under .tox/legacy-1.4.3/, or taken from
 $ASGI_REDIS_LEGACY_PYTHON.
 """
 
+import hashlib
 import os
 import pickle
 import subprocess
@@ -12,7 +13,8 @@ import sys
 import venv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PINS = ["asgi_redis==1.4.3", "redis==2.10.6", "msgpack<1.0", "asgiref==1.1.2", "six", "cryptography"]
+# setuptools: redis 2.10 imports distutils, gone from the standard library in 3.12
+PINS = ["asgi_redis==1.4.3", "redis==2.10.6", "msgpack<1.0", "asgiref==1.1.2", "six", "cryptography", "setuptools"]
 
 
 def legacy_python():
@@ -22,7 +24,7 @@ def legacy_python():
     version = "py{}{}".format(*sys.version_info[:2])
     home = os.path.join(os.path.dirname(HERE), ".tox", "legacy-1.4.3", version)
     python = os.path.join(home, "bin", "python")
-    marker = os.path.join(home, "installed")
+    marker = os.path.join(home, "installed-" + hashlib.sha1(" ".join(PINS).encode()).hexdigest()[:12])
     if not os.path.exists(marker):
         venv.EnvBuilder(with_pip=True, clear=True).create(home)
         subprocess.run(
