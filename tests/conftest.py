@@ -6,6 +6,20 @@ from asgi_redis import RedisChannelLayer
 from .servers import RedisProcess
 
 
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="also run the long load tests marked 'soak' (tests/test_soak.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="long load test: run with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     server = RedisProcess()
