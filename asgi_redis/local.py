@@ -21,6 +21,7 @@ The local side is one of:
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import math
@@ -149,10 +150,10 @@ class RedisLocalChannelLayer(RedisChannelLayer):
         return self._receive_everywhere(local, targets, block)
 
     def _receive_everywhere(
-        self, local: List[str], targets: List[_Target], block: bool
+        self, local: List[str], targets: List[_Target], block: bool, timeout: Optional[float] = None
     ) -> Received:
         """Non-blocking looks (local first), then one wait on every server at once, until the deadline."""
-        deadline = time.monotonic() + self.blpop_timeout
+        deadline = time.monotonic() + (self.blpop_timeout if timeout is None else timeout)
         plan = ReceivePlan(self, targets, next(self._receive_turn))
         while True:
             found = self.local_layer.receive(local, block=False) if local else _NOTHING
@@ -272,12 +273,39 @@ class RedisLocalChannelLayer(RedisChannelLayer):
     def receive_twisted(self, channels: Iterable[str]) -> Any:
         """The Twisted extension; with a ``local_layer`` it is not offered."""
         self._require_local("twisted")
-        return super().receive_twisted(channels)
+        targets = self._spread_targets(channels)
+        if targets is None:
+            return super().receive_twisted(channels)
+        from twisted.internet import reactor, threads
+
+        return threads.deferToThreadPool(
+            reactor, self._twisted_pool(reactor),
+            self._receive_everywhere, [], targets, True, self.extension_receive_timeout,
+        )
 
     async def receive_async(self, channels: Iterable[str]) -> Received:
         """The asyncio extension; with a ``local_layer`` it is not offered."""
         self._require_local("asyncio")
-        return await super().receive_async(channels)
+        targets = self._spread_targets(channels)
+        if targets is None:
+            return await super().receive_async(channels)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, self._receive_everywhere, [], targets, True, self.extension_receive_timeout
+        )
+
+    def _spread_targets(self, channels: Iterable[str]) -> Optional[List[_Target]]:
+        """The targets of an extension receive when they span several servers, else None.
+
+        The extensions' own wait takes each server in turn, bounded by Redis's
+        ``hz`` tick; the wait on every server at once runs in their thread instead.
+        """
+        try:
+            names = spec.validate_channel_list(channels)
+        except (TypeError, ValueError):
+            return None  # the extension reports it in its own way
+        targets = self._receive_targets(names)
+        return targets if len(targets) > 1 else None
 
     def close(self) -> None:
         """Drop pooled connections, and close a local layer this one built."""

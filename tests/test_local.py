@@ -2,6 +2,7 @@
 port and a machine-local one on a unix socket. Routing is proven by looking
 at which server holds which keys."""
 
+import asyncio
 import re
 import statistics
 import threading
@@ -189,6 +190,31 @@ def test_blocking_receive_on_one_side_waits_there(make_local):
     layer.blpop_timeout = 0.3
     assert layer.receive(["http.request", "reply?a"], block=True) == (None, None)
     assert 0.25 < time.monotonic() - started < 2.0
+
+
+def test_asyncio_mixed_receive_sees_either_side_quickly(make_local):
+    layer, sender = make_local(), make_local()
+
+    async def one(target, n):
+        sent_at = []
+
+        def send():
+            sent_at.append(time.monotonic())
+            sender.send(target, {"n": n})
+
+        timer = threading.Timer(0.01 + (n * 7 % 30) / 1000, send)
+        timer.start()
+        found = await layer.receive_async(["http.request", "reply?a"])
+        received_at = time.monotonic()
+        timer.join()
+        assert found == (target, {"n": n})
+        return received_at - sent_at[0]
+
+    async def rounds():
+        return [await one(target, n) for n, target in enumerate(["http.request", "reply?a"] * 4)]
+
+    assert "asyncio" in layer.extensions
+    _check_latencies("asyncio mixed", asyncio.run(rounds()))
 
 
 @pytest.mark.parametrize("mode", ["local_hosts", "local_layer"])
