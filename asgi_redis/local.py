@@ -101,11 +101,10 @@ class RedisLocalChannelLayer(RedisChannelLayer):
     def _create_normal_shards(self) -> ShardSet:
         if self._local_hosts is None:
             return self.shards  # local_layer mode: the core never routes normal channels
+        hosts = parse_hosts(self._local_hosts, [], what="local_hosts")
         if self._local_connection_kwargs is None:
-            connection_kwargs = self.connection_kwargs
-        else:
-            connection_kwargs = check_connection_kwargs(self._local_connection_kwargs)
-        return HostShards(parse_hosts(self._local_hosts, [], what="local_hosts"), connection_kwargs)
+            return HostShards(hosts, self.connection_kwargs)
+        return _OwnSettingsShards(hosts, check_connection_kwargs(self._local_connection_kwargs))
 
     @property
     def extensions(self) -> List[str]:
@@ -116,8 +115,8 @@ class RedisLocalChannelLayer(RedisChannelLayer):
         local = set(getattr(self.local_layer, "extensions", ()))
         return [name for name in own if name == "groups" or (name in _DELEGATED_EXTENSIONS and name in local)]
 
-    # -- routing points for local_layer mode ------------------------------------
-    # With local_hosts every call below falls through to the core.
+    # -- routing points -------------------------------------------------------------
+    # With local_hosts only receive differs from the core; the rest falls through.
 
     def send(self, channel: str, message: Message) -> None:
         """Queue ``message``; normal channels go to the local transport."""
@@ -397,6 +396,17 @@ def _import(path: str) -> Any:
         raise ValueError(f"local_layer {path!r} cannot be imported: {error}") from None
 
 
+class _OwnSettingsShards(HostShards):
+    """Local hosts with their own ``local_connection_kwargs``.
+
+    Overriding ``client`` tells the asyncio extension not to copy the layer's
+    ``connection_kwargs`` onto these hosts; it then uses these sync clients.
+    """
+
+    def client(self, index: int) -> redis.Redis:
+        return super().client(index)
+
+
 class _NoClientUnblock(Exception):
     """The server has no CLIENT ID / CLIENT UNBLOCK (Redis < 5)."""
 
@@ -438,8 +448,11 @@ class _PendingPops:
             raise
 
     def wait(self, timeout: float) -> bool:
-        """True once some BLPOP has answered (or its connection broke)."""
-        if any(connection.can_read(0) for _, connection, _ in self.pending):
+        """True once some BLPOP has answered (or its connection broke: finish() reports it)."""
+        try:
+            if any(connection.can_read(0) for _, connection, _ in self.pending):
+                return True
+        except (redis.ConnectionError, OSError):
             return True
         sockets = [connection._sock for _, connection, _ in self.pending]
         return bool(select.select(sockets, [], [], max(0.0, timeout))[0])

@@ -350,6 +350,19 @@ def test_nothing_local_configured_fails_at_construction_saying_what_to_set():
         RedisLocalChannelLayer(local_hosts=[_local_url()], local_layer_config={})
 
 
+def test_local_connection_kwargs_apply_to_the_local_side_only(make_local, remote_raw, local_raw):
+    layer = make_local(
+        connection_kwargs={"client_name": "remote-side"}, local_connection_kwargs={"client_name": "local-side"}
+    )
+    layer.send("http.request", {"n": 1})
+    layer.send("reply?a", {"n": 2})
+    assert asyncio.run(layer.receive_async(["http.request"])) == ("http.request", {"n": 1})
+    names = {raw: {client["name"] for client in raw.client_list()} for raw in (local_raw, remote_raw)}
+    assert "local-side" in names[local_raw] and "remote-side" not in names[local_raw]
+    assert "remote-side" in names[remote_raw] and "local-side" not in names[remote_raw]
+    assert layer.receive(["reply?a"]) == ("reply?a", {"n": 2})
+
+
 def test_bad_local_layer_is_refused_at_construction():
     with pytest.raises(ValueError, match="cannot be imported"):
         RedisLocalChannelLayer(local_layer="asgi_redis.NoSuchLayer")
