@@ -5,6 +5,7 @@ conformance suite, a demotion and a real failover (master killed by pid).
 Failover figures are printed; run with ``-s`` to see them.
 """
 
+import asyncio
 import threading
 import time
 
@@ -315,6 +316,19 @@ def test_round_trips(make_layer, round_trips):
     assert round_trips.count == 2
 
 
+def test_receive_async(make_layer):
+    layer = make_layer(services=SERVICES)
+    assert "asyncio" in layer.extensions
+
+    async def scenario():
+        waiting = asyncio.ensure_future(layer.receive_async(["async?1"]))
+        await asyncio.sleep(0.1)
+        layer.send("async?1", {"n": 1})
+        return await asyncio.wait_for(waiting, 10)
+
+    assert asyncio.run(scenario()) == ("async?1", {"n": 1})
+
+
 class TestSentinelConformance(LayerConformance):
     __test__ = True
     layer_class = RedisSentinelChannelLayer
@@ -443,7 +457,7 @@ def test_demoted_master(make_layer, topology, start_receiver):
     assert woke_after < 10  # its BLPOP would have lasted 30 s
 
 
-@pytest.mark.parametrize("service, refresh", [("svc-a", 0), ("svc-b", 30)])
+@pytest.mark.parametrize("service, refresh", [("svc-a", 0), ("svc-b", 300)])
 def test_master_killed(make_layer, topology, start_receiver, service, refresh):
     topology.wait_healthy()
     layer = _blocking_layer(make_layer, services=[service], sentinel_refresh_interval=refresh)
