@@ -395,7 +395,8 @@ def _second_database(host: Any) -> str:
     parsed = urlparse(host)
     if parsed.scheme == "unix":
         query = "&".join(part for part in parsed.query.split("&") if part and not part.startswith("db="))
-        return urlunparse(parsed._replace(query=(query + "&" if query else "") + "db=1"))
+        # urlunparse would drop the empty host of unix:///path
+        return f"unix://{parsed.netloc}{parsed.path}?{(query + '&' if query else '')}db=1"
     database = int((parsed.path or "/0").strip("/") or 0)
     return urlunparse(parsed._replace(path=f"/{database + 1}"))
 

