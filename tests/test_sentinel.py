@@ -166,7 +166,7 @@ def test_defaults_and_clients():
     [sentinel] = shards.sentinels._clients
     sentinel_kwargs = sentinel.connection_pool.connection_kwargs
     assert sentinel_kwargs["password"] == "sentinel-secret"
-    assert sentinel_kwargs["retry"].get_retries() == 0
+    assert sentinel_kwargs["retry"]._retries == 0
     assert "service 'one'" in repr(layer)
     layer.close()
 
