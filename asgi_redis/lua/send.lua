@@ -1,15 +1,17 @@
--- Queue one message on each of N channels in one round trip
--- (N = 1 for send, the members on this shard for send_group).
--- Layout of asgi_redis 1.4.3: body in its own key (TTL expiry), its key
+-- Queue messages on one or more channels in one round trip: send queues one
+-- message on one channel, send_group one per member held on this shard.
+-- Layout of asgi_redis 1.4.3: each body in its own key (TTL expiry), its key
 -- RPUSHed on the queue list (TTL expiry + 1), statistics counters beside
--- (channel counters TTL 3600 s, global ones 86400 s). The counter names are
--- built here from the queue names: fewer arguments make a cheaper call.
+-- (channel counters TTL 3600 s, global ones 86400 s).
+-- Members are passed in runs that share one queue (all daphne.response.X!*
+-- sockets of one daphne process share "daphne.response.X!"), so a run costs
+-- one capacity check, one RPUSH and one counter update however long it is.
 --
--- KEYS: for channel i, KEYS[2i-1] its new body key, KEYS[2i] its queue key
+-- KEYS: for each run, its queue key followed by one new body key per message
 -- ARGV[1] expiry   ARGV[2] statistics prefix   ARGV[3] length of the key prefix
 -- ARGV[4] number of distinct bodies B, ARGV[5 .. 4+B] the bodies
--- then for channel i: ARGV[4+B+2i-1] capacity, ARGV[4+B+2i] index of its body (1-based)
--- Returns the number of channels that were full (nothing queued on those).
+-- then for each run: capacity, message count M, and M body indexes (1-based)
+-- Returns the number of messages refused because their channel was full.
 
 local CHANNEL_STATS_TTL = 3600
 local GLOBAL_STATS_TTL = 86400
@@ -18,7 +20,6 @@ local expiry = tonumber(ARGV[1])
 local stats_prefix = ARGV[2]
 local prefix_length = tonumber(ARGV[3])
 local body_count = tonumber(ARGV[4])
-local first_target = 4 + body_count
 
 -- A queue entry whose body has expired can never be delivered; 1.4.3 let such
 -- entries count against capacity, so a channel could stay "full" of nothing.
@@ -40,20 +41,34 @@ local function count(key, by, ttl)
 end
 
 local sent, full = 0, 0
-for i = 1, #KEYS / 2 do
-    local body_key, queue = KEYS[2 * i - 1], KEYS[2 * i]
-    local capacity = tonumber(ARGV[first_target + 2 * i - 1])
-    local channel_stats = stats_prefix .. string.sub(queue, prefix_length + 1) .. ':'
-    if redis.call('LLEN', queue) >= capacity and live_length(queue) >= capacity then
-        full = full + 1
-        count(channel_stats .. 'channel_full_count', 1, CHANNEL_STATS_TTL)
-    else
-        redis.call('SET', body_key, ARGV[4 + tonumber(ARGV[first_target + 2 * i])], 'EX', expiry)
-        redis.call('RPUSH', queue, body_key)
-        redis.call('EXPIRE', queue, expiry + 1)
-        sent = sent + 1
-        count(channel_stats .. 'messages_count', 1, CHANNEL_STATS_TTL)
+local key_at, arg_at = 1, 5 + body_count
+while key_at <= #KEYS do
+    local queue = KEYS[key_at]
+    local capacity = tonumber(ARGV[arg_at])
+    local messages = tonumber(ARGV[arg_at + 1])
+    local room = capacity - redis.call('LLEN', queue)
+    if room < messages then
+        room = capacity - live_length(queue)
     end
+    local queued = {}
+    for j = 1, math.min(messages, room) do
+        local body_key = KEYS[key_at + j]
+        redis.call('SET', body_key, ARGV[4 + tonumber(ARGV[arg_at + 1 + j])], 'EX', expiry)
+        queued[j] = body_key
+    end
+    local channel_stats = stats_prefix .. string.sub(queue, prefix_length + 1) .. ':'
+    if #queued > 0 then
+        redis.call('RPUSH', queue, unpack(queued))
+        redis.call('EXPIRE', queue, expiry + 1)
+        count(channel_stats .. 'messages_count', #queued, CHANNEL_STATS_TTL)
+        sent = sent + #queued
+    end
+    if #queued < messages then
+        count(channel_stats .. 'channel_full_count', messages - #queued, CHANNEL_STATS_TTL)
+        full = full + messages - #queued
+    end
+    key_at = key_at + 1 + messages
+    arg_at = arg_at + 2 + messages
 end
 
 if sent > 0 then
