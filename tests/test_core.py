@@ -468,3 +468,34 @@ def test_unreachable_server_names_the_shard():
         layer.send("chan", {})
     with pytest.raises(ConnectionError):  # also a builtin ConnectionError
         layer.receive(["chan"])
+
+
+def test_send_group_to_many_sockets_of_one_process(make_layer, raw):
+    layer = make_layer(capacity=3)
+    for n in range(5):
+        layer.group_add("room", f"daphne.response.p1!{n}")
+    layer.group_add("room", "daphne.response.p2!only")
+    layer.send_group("room", {"text": "hi"})
+    assert raw.llen("asgi:daphne.response.p1!") == 3  # the run was cut at capacity
+    received = [layer.receive(["daphne.response.p1!"]) for _ in range(4)]
+    channels = [channel for channel, _ in received[:3]]
+    assert len(set(channels)) == 3 and set(channels) <= {f"daphne.response.p1!{n}" for n in range(5)}
+    assert all(message == {"text": "hi"} for _, message in received[:3]) and received[3] == (None, None)
+    assert layer.receive(["daphne.response.p2!"]) == ("daphne.response.p2!only", {"text": "hi"})
+    stats = layer.channel_statistics("daphne.response.p1!")
+    assert (stats["messages_count"], stats["channel_full_count"]) == (3, 2)
+    assert layer.global_statistics() == {"messages_count": 4, "channel_full_count": 2}
+
+
+def test_send_group_in_chunks_keeps_every_member(make_layer, monkeypatch):
+    from asgi_redis import core
+
+    monkeypatch.setattr(core, "_GROUP_CHUNK", 7)  # several script calls in one pipeline
+    layer = make_layer(symmetric_encryption_keys=["k"], capacity=50)
+    members = [f"proc!{n}" for n in range(20)] + [f"plain{n}" for n in range(5)]
+    for member in members:
+        layer.group_add("g", member)
+    layer.send_group("g", {"n": 1})
+    got = {layer.receive(["proc!"])[0] for _ in range(20)}
+    assert got == set(members[:20])
+    assert all(layer.receive([f"plain{n}"]) == (f"plain{n}", {"n": 1}) for n in range(5))
