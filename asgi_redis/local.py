@@ -465,8 +465,12 @@ class _PendingPops:
             shards, index, _ = target
             try:
                 with self.layer._guard(shards, index, "receive"):
-                    if not connection.can_read(0):
-                        shards.client(index).execute_command("CLIENT", "UNBLOCK", client_id)
+                    if not connection.can_read(0) and not self._unblock(shards.client(index), client_id):
+                        # closing the connection ends its BLPOP instead (a message popped
+                        # at that very moment is lost: at most once)
+                        connection.disconnect()
+                        shards.client(index).connection_pool.release(connection)
+                        continue
                     # nil when cancelled; a message when it won the race against the cancel
                     reply = connection.read_response()
             except BaseException as error:  # release every connection before raising
@@ -480,6 +484,15 @@ class _PendingPops:
         if failure is not None:
             raise failure
         return popped
+
+    def _unblock(self, client: redis.Redis, client_id: int) -> bool:
+        try:
+            client.execute_command("CLIENT", "UNBLOCK", client_id)
+            return True
+        except redis.ResponseError:
+            # not allowed (an ACL user without CLIENT UNBLOCK): wait in slices from now on
+            self.layer._client_unblock = False
+            return False
 
     def _abandon(self) -> None:
         # a BLPOP may still be queued on these connections: never reuse them

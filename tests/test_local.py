@@ -268,6 +268,28 @@ def test_a_local_server_dying_during_a_mixed_wait_is_a_clear_error(make_local, r
         doomed.close()
 
 
+def test_without_client_unblock_a_mixed_wait_still_works(make_local, remote_raw, local_raw):
+    """An ACL user may run CLIENT ID but not CLIENT UNBLOCK: the wait falls back to slices."""
+    for raw in (remote_raw, local_raw):
+        raw.execute_command("ACL", "SETUSER", "limited", "on", ">pw", "~*", "+@all", "-client", "+client|id")
+    sender = make_local()
+    layer = RedisLocalChannelLayer(
+        hosts=[_remote().url], local_hosts=[_local_url()], expiry=1,
+        connection_kwargs={"username": "limited", "password": "pw"},
+    )
+    try:
+        for round_number, target in enumerate(["reply?a", "http.request", "reply?a"]):
+            timer = threading.Timer(0.05, sender.send, (target, {"n": round_number}))
+            timer.start()
+            assert layer.receive(["http.request", "reply?a"], block=True) == (target, {"n": round_number})
+            timer.join()
+        assert layer._client_unblock is False
+    finally:
+        layer.close()
+        for raw in (remote_raw, local_raw):
+            raw.execute_command("ACL", "DELUSER", "limited")
+
+
 # -- groups ---------------------------------------------------------------------
 
 
