@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("hello/", views.hello),
+    path("upload/", views.upload),
+]
