@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import math
-import select
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -36,13 +34,13 @@ from . import scripts, spec
 from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts
 from .core import Message, RedisChannelLayer
 from .receiving import ReceivePlan
+from .waiting import NoClientUnblock, PendingPops, Target
 
 # Extensions the delegation below carries over to a local_layer; the others
 # ("twisted", "asyncio") would bypass it, so they are not offered in that mode.
 _DELEGATED_EXTENSIONS = ("flush", "statistics")
 _NOTHING: Tuple[None, None] = (None, None)
 Received = Tuple[Optional[str], Optional[Message]]
-_Target = Tuple[ShardSet, int, List[str]]
 
 
 class RedisLocalChannelLayer(RedisChannelLayer):
@@ -61,7 +59,7 @@ class RedisLocalChannelLayer(RedisChannelLayer):
     """
 
     local_poll_interval = 0.02  # seconds between looks at a local_layer during a mixed blocking receive
-    _client_unblock: Optional[bool] = None  # False once a server refused CLIENT ID (Redis < 5)
+    _client_unblock: Optional[bool] = None  # False once a server refused CLIENT ID or UNBLOCK
 
     def __init__(
         self,
@@ -149,7 +147,7 @@ class RedisLocalChannelLayer(RedisChannelLayer):
         return self._receive_everywhere(local, targets, block)
 
     def _receive_everywhere(
-        self, local: List[str], targets: List[_Target], block: bool, timeout: Optional[float] = None
+        self, local: List[str], targets: List[Target], block: bool, timeout: Optional[float] = None
     ) -> Received:
         """Non-blocking looks (local first), then one wait on every server at once, until the deadline."""
         deadline = time.monotonic() + (self.blpop_timeout if timeout is None else timeout)
@@ -171,11 +169,11 @@ class RedisLocalChannelLayer(RedisChannelLayer):
                 return found
 
     def _wait_everywhere(
-        self, local: List[str], targets: List[_Target], deadline: float
+        self, local: List[str], targets: List[Target], deadline: float
     ) -> Received:
         try:
-            pops = _PendingPops(self, targets, deadline - time.monotonic())
-        except _NoClientUnblock:
+            pops = PendingPops(self, targets, deadline - time.monotonic())
+        except NoClientUnblock:
             self._client_unblock = False
             return _NOTHING
         found: Received = _NOTHING
@@ -192,6 +190,8 @@ class RedisLocalChannelLayer(RedisChannelLayer):
                         break
         finally:
             popped = pops.finish()
+            if pops.unblock_refused:
+                self._client_unblock = False  # wait in slices from now on
         if found[0] is not None:
             self._push_back(popped)
             return found
@@ -205,7 +205,7 @@ class RedisLocalChannelLayer(RedisChannelLayer):
                 return found
         return _NOTHING
 
-    def _push_back(self, popped: List[Tuple[_Target, Any]]) -> None:
+    def _push_back(self, popped: List[Tuple[Target, Any]]) -> None:
         """Return message keys popped by losing waits to the head of their queues, in order."""
         for (shards, index, _), (queue_key, body_key) in popped:
             with self._guard(shards, index, "receive"):
@@ -293,7 +293,7 @@ class RedisLocalChannelLayer(RedisChannelLayer):
             None, self._receive_everywhere, [], targets, True, self.extension_receive_timeout
         )
 
-    def _spread_targets(self, channels: Iterable[str]) -> Optional[List[_Target]]:
+    def _spread_targets(self, channels: Iterable[str]) -> Optional[List[Target]]:
         """The targets of an extension receive when they span several servers, else None.
 
         The extensions' own wait takes each server in turn, bounded by Redis's
@@ -405,98 +405,3 @@ class _OwnSettingsShards(HostShards):
 
     def client(self, index: int) -> redis.Redis:
         return super().client(index)
-
-
-class _NoClientUnblock(Exception):
-    """The server has no CLIENT ID / CLIENT UNBLOCK (Redis < 5)."""
-
-
-class _PendingPops:
-    """One BLPOP in flight on each of several servers, each cancellable by CLIENT UNBLOCK.
-
-    BLPOP waits on one server only, and Redis honours a short BLPOP timeout
-    only at its next ``hz`` tick (every 100 ms by default), so waiting on each
-    server in turn for a short slice cannot see a message on either side
-    within 50 ms. Instead every server gets a BLPOP at once (sent with
-    CLIENT ID in the same write, so the wait costs no extra round trip);
-    the first reply wins and the others are cancelled.
-    """
-
-    def __init__(self, layer: RedisChannelLayer, targets: List[_Target], timeout: float):
-        self.layer = layer
-        self.pending: List[list] = []  # [target, connection, client id]
-        # whole seconds work on every Redis; we cancel at our own, exact deadline
-        seconds = max(1, math.ceil(timeout))
-        try:
-            for target in targets:
-                shards, index, keys = target
-                with layer._guard(shards, index, "receive"):
-                    connection = shards.client(index).connection_pool.get_connection()
-                    self.pending.append([target, connection, None])
-                    connection.send_packed_command(
-                        connection.pack_commands([("CLIENT", "ID"), ("BLPOP", *keys, seconds)])
-                    )
-            for entry in self.pending:
-                shards, index, _ = entry[0]
-                with layer._guard(shards, index, "receive"):
-                    entry[2] = entry[1].read_response()
-        except redis.ResponseError as error:
-            self._abandon()
-            raise _NoClientUnblock(str(error)) from error
-        except BaseException:
-            self._abandon()
-            raise
-
-    def wait(self, timeout: float) -> bool:
-        """True once some BLPOP has answered (or its connection broke: finish() reports it)."""
-        try:
-            if any(connection.can_read(0) for _, connection, _ in self.pending):
-                return True
-        except (redis.ConnectionError, OSError):
-            return True
-        sockets = [connection._sock for _, connection, _ in self.pending]
-        return bool(select.select(sockets, [], [], max(0.0, timeout))[0])
-
-    def finish(self) -> List[Tuple[_Target, Any]]:
-        """Cancel the BLPOPs still waiting; the ``(target, (queue key, body key))`` of those that popped."""
-        popped = []
-        failure: Optional[BaseException] = None
-        for target, connection, client_id in self.pending:
-            shards, index, _ = target
-            try:
-                with self.layer._guard(shards, index, "receive"):
-                    if not connection.can_read(0) and not self._unblock(shards.client(index), client_id):
-                        # closing the connection ends its BLPOP instead (a message popped
-                        # at that very moment is lost: at most once)
-                        connection.disconnect()
-                        shards.client(index).connection_pool.release(connection)
-                        continue
-                    # nil when cancelled; a message when it won the race against the cancel
-                    reply = connection.read_response()
-            except BaseException as error:  # release every connection before raising
-                connection.disconnect()
-                failure = failure or error
-                reply = None
-            shards.client(index).connection_pool.release(connection)
-            if reply:
-                popped.append((target, reply))
-        self.pending = []
-        if failure is not None:
-            raise failure
-        return popped
-
-    def _unblock(self, client: redis.Redis, client_id: int) -> bool:
-        try:
-            client.execute_command("CLIENT", "UNBLOCK", client_id)
-            return True
-        except redis.ResponseError:
-            # not allowed (an ACL user without CLIENT UNBLOCK): wait in slices from now on
-            self.layer._client_unblock = False
-            return False
-
-    def _abandon(self) -> None:
-        # a BLPOP may still be queued on these connections: never reuse them
-        for target, connection, _ in self.pending:
-            connection.disconnect()
-            target[0].client(target[1]).connection_pool.release(connection)
-        self.pending = []

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer
-from asgi_redis import local as local_module
+from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer, waiting
 
 from .servers import RedisProcess
 from .test_conformance import LayerConformance
@@ -224,7 +223,7 @@ def test_a_message_popped_by_the_losing_wait_is_put_back_not_lost(make_local, mo
     }
     layer, sender = make_local(**config), make_local(**config)
     sender.send("reply?a", {"n": 0})
-    original_wait = local_module._PendingPops.wait
+    original_wait = waiting.PendingPops.wait
 
     def wait_until_every_side_popped(pops, timeout):
         # force the race: both sides have popped before the first reply is noticed
@@ -238,7 +237,7 @@ def test_a_message_popped_by_the_losing_wait_is_put_back_not_lost(make_local, mo
         return original_wait(pops, timeout) if mode == "local_hosts" else False
 
     assert layer.receive(["reply?a"]) == ("reply?a", {"n": 0})  # the queue exists, then empties
-    monkeypatch.setattr(local_module._PendingPops, "wait", wait_until_every_side_popped)
+    monkeypatch.setattr(waiting.PendingPops, "wait", wait_until_every_side_popped)
     assert layer.receive(["reply?a", "http.request"], block=True) == ("http.request", {"side": "local"})
     monkeypatch.undo()
     assert layer.receive(["reply?a"]) == ("reply?a", {"side": "remote"})

@@ -1,0 +1,116 @@
+"""Waiting on several Redis servers at once, for one blocking receive.
+
+BLPOP waits on one server only, and Redis honours a short BLPOP timeout only
+at its next ``hz`` tick (every 100 ms by default), so waiting on each server
+in turn for a short slice cannot see a message on any of them within 50 ms.
+:class:`PendingPops` sends every server a BLPOP at once (with CLIENT ID in the
+same write, so that costs no extra round trip), waits for the first reply
+with ``select``, and cancels the others with CLIENT UNBLOCK (Redis 5 or newer).
+"""
+
+from __future__ import annotations
+
+import math
+import select
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+
+import redis
+
+from .connections import ShardSet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import RedisChannelLayer
+
+Target = Tuple[ShardSet, int, List[str]]  # shard set, shard index, queue keys
+
+
+class NoClientUnblock(Exception):
+    """The server has no CLIENT ID / CLIENT UNBLOCK (Redis < 5)."""
+
+
+class PendingPops:
+    """One BLPOP in flight on each target's server: start, :meth:`wait`, :meth:`finish`.
+
+    Raises :class:`NoClientUnblock` at start when a server has no CLIENT ID;
+    ``unblock_refused`` is set when one refused CLIENT UNBLOCK (an ACL), and
+    the caller should then wait some other way.
+    """
+
+    def __init__(self, layer: RedisChannelLayer, targets: List[Target], timeout: float):
+        self.layer = layer
+        self.pending: List[list] = []  # [target, connection, client id]
+        self.unblock_refused = False
+        # whole seconds work on every Redis; we cancel at our own, exact deadline
+        seconds = max(1, math.ceil(timeout))
+        try:
+            for target in targets:
+                shards, index, keys = target
+                with layer._guard(shards, index, "receive"):
+                    connection = shards.client(index).connection_pool.get_connection()
+                    self.pending.append([target, connection, None])
+                    connection.send_packed_command(
+                        connection.pack_commands([("CLIENT", "ID"), ("BLPOP", *keys, seconds)])
+                    )
+            for entry in self.pending:
+                shards, index, _ = entry[0]
+                with layer._guard(shards, index, "receive"):
+                    entry[2] = entry[1].read_response()
+        except redis.ResponseError as error:
+            self._abandon()
+            raise NoClientUnblock(str(error)) from error
+        except BaseException:
+            self._abandon()
+            raise
+
+    def wait(self, timeout: float) -> bool:
+        """True once some BLPOP has answered (or its connection broke: finish() reports it)."""
+        try:
+            if any(connection.can_read(0) for _, connection, _ in self.pending):
+                return True
+        except (redis.ConnectionError, OSError):
+            return True
+        sockets = [connection._sock for _, connection, _ in self.pending]
+        return bool(select.select(sockets, [], [], max(0.0, timeout))[0])
+
+    def finish(self) -> List[Tuple[Target, Any]]:
+        """Cancel the BLPOPs still waiting; the ``(target, (queue key, body key))`` of those that popped."""
+        popped = []
+        failure: Optional[BaseException] = None
+        for target, connection, client_id in self.pending:
+            shards, index, _ = target
+            try:
+                with self.layer._guard(shards, index, "receive"):
+                    if not connection.can_read(0) and not self._unblock(shards.client(index), client_id):
+                        # closing the connection ends its BLPOP instead (a message popped
+                        # at that very moment is lost: at most once)
+                        connection.disconnect()
+                        shards.client(index).connection_pool.release(connection)
+                        continue
+                    # nil when cancelled; a message when it won the race against the cancel
+                    reply = connection.read_response()
+            except BaseException as error:  # release every connection before raising
+                connection.disconnect()
+                failure = failure or error
+                reply = None
+            shards.client(index).connection_pool.release(connection)
+            if reply:
+                popped.append((target, reply))
+        self.pending = []
+        if failure is not None:
+            raise failure
+        return popped
+
+    def _unblock(self, client: redis.Redis, client_id: int) -> bool:
+        try:
+            client.execute_command("CLIENT", "UNBLOCK", client_id)
+            return True
+        except redis.ResponseError:
+            self.unblock_refused = True  # an ACL user without CLIENT UNBLOCK
+            return False
+
+    def _abandon(self) -> None:
+        # a BLPOP may still be queued on these connections: never reuse them
+        for target, connection, _ in self.pending:
+            connection.disconnect()
+            target[0].client(target[1]).connection_pool.release(connection)
+        self.pending = []
