@@ -11,12 +11,15 @@ The local side is one of:
 
 - ``local_hosts``: a Redis on this machine (unix socket or loopback). It is
   only another shard set for normal channels (the core's
-  ``_create_normal_shards`` hook), so the core's send, receive, send_group,
-  flush and statistics run unchanged, with the same round trips and the same
-  encryption.
+  ``_create_normal_shards`` hook), so the core's send, non-blocking receive,
+  send_group, flush and statistics run unchanged, with the same round trips
+  and the same encryption.
 - ``local_layer``: any other classic (ASGI 1.0) layer, given built or as a
   dotted import path. Normal-channel calls are handed to it; the routing
   points below are the only overrides.
+
+A blocking receive that involves both sides waits on both at once
+(``waiting.py``), local side first in every look.
 """
 
 from __future__ import annotations
