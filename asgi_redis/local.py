@@ -145,7 +145,7 @@ class RedisLocalChannelLayer(RedisChannelLayer):
             if not names:
                 return self.local_layer.receive(local, block=block) if local else _NOTHING
         targets = self._receive_targets(names)
-        if not local and (not block or len(targets) == 1):
+        if not local and (not block or len(targets) <= 1):
             return super().receive(names, block)
         return self._receive_everywhere(local, targets, block)
 
