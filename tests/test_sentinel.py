@@ -429,8 +429,7 @@ def test_demoted_master(make_layer, topology, start_receiver):
         assert raw.execute_command("WAIT", 1, 5000) == 1
     receiver = start_receiver(trusting, "wake?1")
 
-    with topology.sentinels[0].client() as sentinel:
-        sentinel.execute_command("SENTINEL", "FAILOVER", service)
+    topology.manual_failover(service)
     new = topology.wait_promoted(service, old)
     time.sleep(0.6)
     # the periodic check found the new master although the old one still answers

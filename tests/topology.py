@@ -127,6 +127,22 @@ class SentinelTopology:
         _wait_for(promoted, timeout, f"a new master for {service}")
         return self.master_address(service)
 
+    def manual_failover(self, service: str, timeout: float = 15) -> None:
+        """SENTINEL FAILOVER, repeated while a sentinel still says it cannot
+        (no replica it trusts yet, or a failover in progress)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            client = self.sentinels[0].client(socket_timeout=5)
+            try:
+                client.execute_command("SENTINEL", "FAILOVER", service)
+                return
+            except redis.ResponseError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+            finally:
+                client.close()
+
     def revive_as_replica(self, server: RedisProcess, master: Address) -> None:
         """Restart a killed server as a replica of the new master, so the
         service can fail over again."""
