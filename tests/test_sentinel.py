@@ -338,6 +338,19 @@ class TestSentinelConformance(LayerConformance):
         return {"hosts": _topology().sentinel_addresses, "services": ["svc-a"]}
 
 
+class TestSentinelShardedConformance(LayerConformance):
+    """Both services; capacity is per shard for normal channels, as in
+    test_conformance's TestSharded."""
+
+    __test__ = True
+    layer_class = RedisSentinelChannelLayer
+    capacity_limit = None
+
+    @classmethod
+    def layer_config(cls):
+        return {"hosts": _topology().sentinel_addresses}
+
+
 # -- failover ------------------------------------------------------------------------
 
 
