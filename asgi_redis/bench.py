@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import secrets
 import statistics
 import sys
@@ -69,8 +70,8 @@ class Row:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a few operations only (a smoke test, no figures)")
-    parser.add_argument("--rounds", type=int, help="alternating rounds per measure (default 7)")
-    parser.add_argument("--ops", type=int, help="operations per round (default 400)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per measure (default 15)")
+    parser.add_argument("--ops", type=int, help="operations per round (default 200)")
     parser.add_argument("--members", default="10,100,1000,10000",
                         help="group sizes for send_group, comma-separated (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
@@ -81,14 +82,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Bench:
     def __init__(self, hosts: List[Any], two_shards: List[Any], config: Dict[str, Any],
                  args: argparse.Namespace):
-        self.rounds = args.rounds or (2 if args.quick else 7)
-        self.ops = args.ops or (20 if args.quick else 400)
+        self.rounds = args.rounds or (2 if args.quick else 15)
+        self.ops = args.ops or (20 if args.quick else 200)
         self.samples = 10 if args.quick else 150
         self.members = _parse_members(args.members, args.quick)
         self.tag = secrets.token_hex(3)
         base = {**config, "prefix": f"asgi-bench-{self.tag}:", "stats_prefix": f"asgi-bench-meta-{self.tag}:",
                 "capacity": 10 ** 9, "expiry": 60}
         self.layers: List[RedisChannelLayer] = []
+        self.configs: Dict[int, Dict[str, Any]] = {}
         self.plain = self._layer(base, hosts)
         self.encrypted = self._layer({**base, "symmetric_encryption_keys": ["bench key"]}, hosts)
         self.sharded = self._layer(base, two_shards)
@@ -101,6 +103,7 @@ class Bench:
         layer = build_layer(RedisChannelLayer, {**config, "hosts": hosts})
         layer.flush()
         self.layers.append(layer)
+        self.configs[id(layer)] = {**config, "hosts": hosts}
         return layer
 
     def close(self) -> None:
@@ -113,13 +116,17 @@ class Bench:
     # -- the measures --------------------------------------------------------------
 
     def run(self, report: Callable[[Row], None]) -> List[Row]:
-        raw_send = ("EVALSHA of 'return 1'", lambda i: self.raw.evalsha(self.trivial_sha, 0))
-        raw_pair = ("RPUSH + LPOP", self._raw_pair)
         for prefix, layer in (("", self.plain), ("encrypted ", self.encrypted), ("2 shards: ", self.sharded)):
+            # the raw limit talks to the same servers as the layer, in turn when there are two
+            clients = [layer.shards.client(index) for index in range(len(layer.shards))]
+            for client in clients:
+                client.script_load(TRIVIAL_SCRIPT)
             report(self.rate(f"{prefix}send", layer, lambda i, layer=layer: layer.send("bench.send", MESSAGE),
-                             *raw_send))
+                             "EVALSHA of 'return 1'",
+                             lambda i, c=clients: c[i % len(c)].evalsha(self.trivial_sha, 0)))
             report(self.rate(f"{prefix}send + receive pair", layer,
-                             lambda i, layer=layer: self._pair(layer), *raw_pair))
+                             lambda i, layer=layer: self._pair(layer), "RPUSH + LPOP",
+                             lambda i, c=clients: self._raw_pair(c[i % len(c)])))
             if layer is not self.encrypted:
                 for row in self.blocking_latency(f"{prefix}blocking receive", layer):
                     report(row)
@@ -147,14 +154,25 @@ class Bench:
         if channel is None:
             raise CommandError("benchmark lost a message: receive found nothing right after send")
 
-    def _raw_pair(self, i: int) -> None:
-        self.raw.rpush("asgi-bench-raw", b"x" * 200)
-        self.raw.lpop("asgi-bench-raw")
+    def _raw_pair(self, client: redis.Redis) -> None:
+        client.rpush("asgi-bench-raw", b"x" * 200)
+        client.lpop("asgi-bench-raw")
 
     def blocking_latency(self, name: str, layer: RedisChannelLayer) -> List[Row]:
         """Time from the start of a send until a receiver blocked in receive() returns it."""
-        ours_probe = _BlockingProbe(lambda: layer.receive(["bench.block"], block=True)[1],
-                                    lambda: layer.send("bench.block", MESSAGE))
+        # Another process sends, in real life: a second layer object, so the sender's turn
+        # over the shards is not in step with the receiver's (one object would keep them so).
+        sender = build_layer(RedisChannelLayer, self.configs[id(layer)])
+        chooser = random.Random(len(self.rows))
+
+        def send() -> None:
+            # Many senders make the shard a normal channel's message lands on random as
+            # seen by a receiver; two lone objects would stay in step. Skip a turn at random.
+            if chooser.random() < 0.5:
+                next(sender._send_turn)
+            sender.send("bench.block", MESSAGE)
+
+        ours_probe = _BlockingProbe(lambda: layer.receive(["bench.block"], block=True)[1], send)
         raw_receiver = redis.Redis(connection_pool=self.raw.connection_pool)
         raw_probe = _BlockingProbe(lambda: raw_receiver.blpop(["asgi-bench-raw-block"], timeout=5),
                                    lambda: self.raw.rpush("asgi-bench-raw-block", b"x" * 200))
@@ -169,6 +187,7 @@ class Bench:
         finally:
             ours_probe.close()
             raw_probe.close()
+            sender.close()
         rows = []
         for percent in (50, 99):
             ours_value, raw_value = _percentile(ours_times, percent), _percentile(raw_times, percent)
@@ -330,6 +349,8 @@ def plot(rows: Sequence[Row], path: str, title: str) -> None:
         axis.set_yticks(list(positions), [f"{row.name}\n({row.ratio:.2f}x)" for row in chosen], fontsize=8)
         axis.invert_yaxis()
         axis.set_xlabel(label)
+        if chosen is latencies:
+            axis.set_xscale("log")  # sub-millisecond and 100 ms figures side by side
         axis.legend(fontsize=8)
     sizes = [int(row.name.split()[1].replace(",", "")) for row in groups]
     axes[2].plot(sizes, [row.ours for row in groups], "o-", label="asgi_redis send_group")
