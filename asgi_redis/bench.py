@@ -45,7 +45,7 @@ from .command_options import (
     run_command,
 )
 from .core import RedisChannelLayer
-from .embedded import EmbeddedRedis
+from .embedded import EmbeddedRedis, cleanup_on_sigterm
 
 MESSAGE = {  # about the size of a Channels 1.x http.request
     "reply_channel": "http.response!Jx8aZrCvTqWp",
@@ -374,6 +374,7 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds is not None and args.rounds < 1 or args.ops is not None and args.ops < 1:
         raise CommandError("--rounds and --ops must be 1 or more", 2)
     _parse_members(args.members, args.quick)  # a usage error before any server starts
+    cleanup_on_sigterm()
     with ExitStack() as cleanup:
         if has_location(args):
             _, config = layer_config(args)

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Type
 
 from .command_options import CommandError, finish_config, has_location, layer_config
 from .core import RedisChannelLayer
-from .embedded import EmbeddedRedis
+from .embedded import EmbeddedRedis, cleanup_on_sigterm
 
 WORK_CHANNEL = "demo.work"
 GROUP = "demo.room"
@@ -66,6 +66,9 @@ def worker_main(index: int, backend: Type[RedisChannelLayer], config: Dict[str, 
                 pass  # the demo counts it as lost; nothing else to do
     except KeyboardInterrupt:
         return  # Ctrl-C reaches the whole process group; the parent cleans up
+    except Exception as error:  # the parent reports the exit status; one line here is enough
+        print(f"demo worker {index}: {type(error).__name__}: {error}", file=sys.stderr)
+        sys.exit(1)
     finally:
         layer.close()
 
@@ -279,6 +282,7 @@ def _ms(values: List[float], percent: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    cleanup_on_sigterm()
     with ExitStack() as cleanup:
         if has_location(args):
             backend, config = layer_config(args)

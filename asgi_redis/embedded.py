@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -51,6 +52,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cleanup_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C does, so the servers and workers a
+    command started are stopped by its cleanup code instead of orphaned."""
+
+    def unwind(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, unwind)
+    except ValueError:  # not the main thread (embedded in someone else's program): leave it
+        pass
 
 
 class EmbeddedRedis:
