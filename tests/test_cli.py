@@ -344,3 +344,28 @@ def test_demo_against_a_given_redis_leaves_nothing_behind(redis_server):
         assert client.dbsize() == before
     finally:
         client.close()
+
+
+def test_demo_stopped_with_sigterm_stops_everything_it_started():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    demo = subprocess.Popen([sys.executable, "-m", "asgi_redis", "demo", "--duration", "60", "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        lines = []
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("started 2 worker processes"):
+                break
+        out = "".join(lines)
+        embedded_pid = int(out.split("(pid ", 1)[1].split(",", 1)[0])
+        worker_pids = [int(pid) for pid in out.split("(pids ", 1)[1].split(")", 1)[0].split(", ")]
+        demo.terminate()  # SIGTERM to the demo alone, as a supervisor would send
+        demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+    assert demo.returncode == 143
+    for pid in [embedded_pid, *worker_pids]:
+        assert not pid_alive(pid), pid
