@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import redis
 
-from . import scripts, spec
+from . import retry, scripts, spec
 from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts, shard_index
 from .errors import ChannelFull, ChannelLayerError, LayerConnectionError, MessageTooLarge
 from .extensions import ExtensionsMixin
@@ -129,8 +129,17 @@ class RedisChannelLayer(ExtensionsMixin):
             message[spec.RESERVED_KEY] = channel
         keys, args = self._send_call([(queue, [self._encode(message, channel)])])
         shards, index = self._route(queue)
-        with self._guard(shards, index, "send"):
-            full = scripts.SEND(shards.client(index), keys, args)
+        try:
+            with self._guard(shards, index, "send"):
+                full = scripts.SEND(shards.client(index), keys, args)
+        except LayerConnectionError as error:
+            # A normal channel may live on any shard: when this one could not even be
+            # connected to, nothing was sent (no duplicate possible), so use the next.
+            if spec.is_directed(queue) or len(shards) == 1 or not retry.nothing_sent(error.__cause__):
+                raise
+            index = (index + 1) % len(shards)
+            with self._guard(shards, index, "send"):
+                full = scripts.SEND(shards.client(index), keys, args)
         if full:
             capacity = self.channel_capacity.for_channel(queue)
             raise self.ChannelFull(f"channel {channel!r} is at its capacity of {capacity}")

@@ -55,6 +55,11 @@ _COMMAND = "_asgi_redis_command"
 _NOT_A_COMMAND = object()  # pipelines: several commands, never repeated
 
 
+def nothing_sent(error: BaseException) -> bool:
+    """Whether ``error`` happened before the command reached the socket (safe to send elsewhere)."""
+    return bool(getattr(error, _NOTHING_SENT, False))
+
+
 def may_retry(error: BaseException) -> bool:
     """Whether ``error`` (raised by a client :func:`install` set up) is safe to retry."""
     if not isinstance(error, RedisConnectionError) or isinstance(error, RedisTimeoutError):
@@ -198,5 +203,5 @@ def client_defaults() -> Dict[str, Any]:
 
 
 __all__: Sequence[str] = [
-    "SafeRetry", "may_retry", "install", "client_defaults", "tracked_connection_class",
+    "SafeRetry", "may_retry", "nothing_sent", "install", "client_defaults", "tracked_connection_class",
 ]

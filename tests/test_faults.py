@@ -596,19 +596,17 @@ def test_one_shard_down_the_other_keeps_working(build, server):
             layer.send(dead_channel, {"n": 4})
         with pytest.raises(LayerConnectionError, match=str(second.port)):
             layer.receive([dead_channel])
-        # normal channels are spread over both shards: report what a send sees
-        outcomes = collections.Counter()
+        # normal channels may live on any shard: a send whose shard refuses the
+        # connection (nothing sent) goes to the next one, so none fails
+        started = time.monotonic()
         for n in range(10):
-            try:
-                layer.send("spread", {"n": n})
-                outcomes["sent"] += 1
-            except LayerConnectionError:
-                outcomes["failed"] += 1
-        print(f"\nnormal-channel sends with one shard of two down: {dict(outcomes)}")
-        assert outcomes["sent"] >= 1
+            layer.send("spread", {"n": n})
+        print(f"\n10 normal-channel sends with one shard of two down took {time.monotonic() - started:.3f} s")
+        assert server.client().llen("asgi:spread") == 10
         second.start()
         layer.send(dead_channel, {"n": 5})
         assert layer.receive([dead_channel]) == (dead_channel, {"n": 5})
+        assert sorted(m["n"] for _, m in drain(layer, ["spread"])) == list(range(10))
     finally:
         second.close()
 
