@@ -253,6 +253,11 @@ def test_least_privilege_acl_is_enough(tls_server, tls_layer):
     """The ACL user may touch only the layer's prefixes and no dangerous command."""
     layer = tls_layer(username=USER, password=PASSWORD)
     exercise(layer)
+    # a blocking receive that really waits (CLIENT UNBLOCK is a dangerous command)
+    layer.blpop_timeout = 0.5
+    started = time.monotonic()
+    assert layer.receive(["tls-empty?a", "tls-empty!"], block=True) == (None, None)
+    assert time.monotonic() - started < 5
     with pytest.raises(redis.exceptions.NoPermissionError):
         tls_server.client().set("elsewhere", 1)
     layer.flush()
