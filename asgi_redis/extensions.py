@@ -32,7 +32,17 @@ from redis.exceptions import NoScriptError
 
 from . import scripts, spec
 from .connections import HostShards
-from .receiving import POP, TAKE_BODY, ReceivePlan, Step, blpop_timeout, refuses_fractional_timeout
+from .receiving import (
+    BLPOP,
+    POP,
+    TAKE_BODY,
+    ReceivePlan,
+    Step,
+    Steps,
+    blpop_timeout,
+    refuses_fractional_timeout,
+    run_step,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from twisted.internet.defer import Deferred
@@ -87,9 +97,18 @@ class ExtensionsMixin:
         if not names:
             return defer.succeed((None, None))
         plan = ReceivePlan(self, self._receive_targets(names), next(self._receive_turn))
-        return threads.deferToThreadPool(
-            reactor, self._twisted_pool(reactor), plan.run, True, self.extension_receive_timeout
-        )
+        steps = plan.steps(True, self.extension_receive_timeout)
+        # The look at waiting messages (pop.lua, one round trip per shard) runs
+        # here in the reactor thread, as daphne's own sends do: a message that
+        # is already there costs no thread hand-off. Only a wait (BLPOP) goes
+        # to the pool, which carries the same plan on from that step.
+        try:
+            found, wait = _drive(self, steps, None, until_wait=True)
+        except Exception:
+            return defer.fail()
+        if wait is None:
+            return defer.succeed(found)
+        return threads.deferToThreadPool(reactor, self._twisted_pool(reactor), _finish, self, steps, wait)
 
     def _twisted_pool(self, reactor: Any) -> Any:
         pool = getattr(self, "_twisted_receive_pool", None)
@@ -128,7 +147,7 @@ class ExtensionsMixin:
             except StopIteration as done:
                 return done.value
             with self._guard(step.shards, step.index, "receive"):
-                reply = await _run_step(self, clients.mirror(step.shards, step.index), step)
+                reply = await _run_step_async(self, clients.mirror(step.shards, step.index), step)
 
     async def close_async(self) -> None:
         """Close the redis.asyncio connections this layer opened on the running loop."""
@@ -146,6 +165,26 @@ class ExtensionsMixin:
 
 
 _pool_lock = threading.Lock()
+
+
+def _drive(layer: Any, steps: Steps, reply: Any, until_wait: bool) -> Tuple[Received, Optional[Step]]:
+    """Answer ``steps`` with blocking calls: (result, None), or (None, the BLPOP step) when asked to stop there."""
+    while True:
+        try:
+            step = steps.send(reply)
+        except StopIteration as done:
+            return done.value, None
+        if until_wait and step.kind == BLPOP:
+            return (None, None), step
+        with layer._guard(step.shards, step.index, "receive"):
+            reply = run_step(layer, step)
+
+
+def _finish(layer: Any, steps: Steps, wait: Step) -> Received:
+    """In a pool thread: the wait a receive stopped at, then the rest of its plan."""
+    with layer._guard(wait.shards, wait.index, "receive"):
+        reply = run_step(layer, wait)
+    return _drive(layer, steps, reply, until_wait=False)[0]
 
 
 def _loop_clients(layer: Any) -> weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClients]:
@@ -198,7 +237,7 @@ class _AsyncClients:
         self.clients.clear()
 
 
-async def _run_step(layer: Any, client: Any, step: Step) -> Any:
+async def _run_step_async(layer: Any, client: Any, step: Step) -> Any:
     if step.kind == POP:
         return await _run_script(scripts.POP, client, step.keys)
     if step.kind == TAKE_BODY:

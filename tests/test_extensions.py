@@ -179,6 +179,32 @@ def test_twisted_waiting_message_costs_one_round_trip(reactor, short_layer, roun
     assert round_trips.count == 1
 
 
+def test_twisted_waiting_message_needs_no_thread(reactor, short_layer):
+    """A message already queued fires the Deferred at once, in the reactor thread."""
+    from twisted.internet import threads
+
+    layer = short_layer()
+    layer.send("ready!a", {"x": 1})
+
+    def call():
+        deferred = layer.receive_twisted(["ready!"])
+        results = []
+        deferred.addCallback(results.append)
+        return results
+
+    assert threads.blockingCallFromThread(reactor, call) == [("ready!a", {"x": 1})]
+    assert getattr(layer, "_twisted_receive_pool", None) is None  # never needed a thread
+
+
+def test_twisted_connection_error_fails_the_deferred(reactor):
+    from asgi_redis.errors import LayerConnectionError
+    from tests.servers import free_port
+
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{free_port()}"])
+    with pytest.raises(LayerConnectionError):
+        twisted_receive(reactor, layer, ["nobody!"])
+
+
 def test_reactor_and_worker_threads_share_one_layer(reactor, short_layer, raw):
     """daphne's reactor receives while runworker-style threads send and receive."""
     from twisted.internet import defer, threads
@@ -411,3 +437,13 @@ def test_blocking_wait_ends_inside_the_default_socket_timeout(layer):
         assert _block_limit(client) == float("inf")
     else:
         assert _block_limit(client) < default
+
+
+def test_async_connection_error_names_the_shard():
+    from asgi_redis.errors import LayerConnectionError
+    from tests.servers import free_port
+
+    port = free_port()
+    layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}"])
+    with pytest.raises(LayerConnectionError, match=str(port)):
+        run(layer.receive_async, ["nobody!"])
