@@ -24,11 +24,11 @@ import inspect
 import math
 import random
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, NamedTuple, Optional, Tuple
 
 import redis
 
-from . import scripts, waiting
+from . import scripts
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connections import ShardSet
@@ -71,40 +71,7 @@ class ReceivePlan:
             start = turn % len(group)
             self.targets += group[start:] + group[:start]
 
-    def run(
-        self,
-        block: bool,
-        timeout: Optional[float] = None,
-        poll: Optional[Callable[[], Tuple[Optional[str], Optional[dict]]]] = None,
-        poll_interval: float = 0.02,
-    ) -> Tuple[Optional[str], Optional[dict]]:
-        """Carry out the receive with blocking redis-py calls.
-
-        ``poll``, if given, is a non-blocking look at another transport (the
-        local layer's), made before each look at Redis and every
-        ``poll_interval`` seconds while waiting.
-        """
-        if not block or (len(self.targets) == 1 and poll is None):
-            return self.run_steps(block, timeout)
-        # Several servers: BLPOP on each at once and take the first answer
-        # (waiting.py); waiting on each in turn would be bounded by Redis's hz
-        # tick, 100 ms by default, however short the slices.
-        deadline = time.monotonic() + (self.layer.blpop_timeout if timeout is None else timeout)
-        while True:
-            found = poll() if poll is not None else _NOTHING
-            if found[0] is None:
-                found = self.run_steps(False)
-            remaining = deadline - time.monotonic()
-            if found[0] is not None or remaining <= 0:
-                return found
-            if self.layer._client_unblock is not False:
-                found = waiting.wait_everywhere(self.layer, self.targets, deadline, poll, poll_interval)
-            else:  # Redis < 5 or an ACL without CLIENT UNBLOCK: wait in turns
-                found = self.run_steps(True, min(remaining, poll_interval if poll else remaining))
-            if found[0] is not None:
-                return found
-
-    def run_steps(self, block: bool, timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[dict]]:
+    def run(self, block: bool, timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[dict]]:
         """Carry out :meth:`steps` with blocking redis-py calls."""
         steps = self.steps(block, timeout)
         reply = None
