@@ -108,6 +108,7 @@ class LossyProxy:
         self.port = self.listener.getsockname()[1]
         self.armed = None  # bytes: cut the reply to the next command containing them
         self.cut = 0
+        self.reject_next = 0  # hang up on this many new connections at once
         self.sockets = []
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -122,6 +123,10 @@ class LossyProxy:
                 downstream, _ = self.listener.accept()
             except OSError:
                 return
+            if self.reject_next:
+                self.reject_next -= 1
+                downstream.close()
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self.sockets += [downstream, upstream]
             doomed = threading.Event()
@@ -212,6 +217,30 @@ def test_read_whose_reply_was_lost_is_retried(build, proxy):
     layer.group_add("readers", "counted")
     assert proxy.cut == 2
     assert layer.group_channels("readers") == ["counted"]
+
+
+def test_failed_health_check_before_a_send_is_retried(build, proxy, server):
+    """With health_check_interval, a PING precedes a command on an idle connection;
+    if that PING fails, the send itself was not written yet and goes through."""
+    layer = build(hosts=[proxy.url], connection_kwargs={**TIMEOUTS, "health_check_interval": 0.05})
+    layer.send("checked", {"n": 0})
+    time.sleep(0.1)  # idle longer than the interval: the next command pings first
+    proxy.armed = b"PING"
+    layer.send("checked", {"n": 1})
+    assert proxy.cut == 1
+    assert [m["n"] for _, m in drain(layer, ["checked"])] == [0, 1]
+
+
+def test_connection_dropped_while_connecting_is_retried(build, proxy, server):
+    layer = build(hosts=[proxy.url])
+    proxy.reject_next = 1  # TCP accepted, then closed before the handshake answers
+    layer.send("connecting", {"n": 1})
+    assert proxy.reject_next == 0
+    proxy.reject_next = 2  # a second failure in a row is the caller's to see
+    layer.close()
+    with pytest.raises(LayerConnectionError):
+        layer.send("connecting", {"n": 2})
+    assert [m["n"] for _, m in drain(layer, ["connecting"])] == [1]
 
 
 def test_policy_decisions():
