@@ -46,7 +46,8 @@ class RedisChannelLayer(ExtensionsMixin):
 
     default_hosts: Sequence[Any] = [("localhost", 6379)]
     blpop_timeout = 5  # seconds a blocking receive waits before (None, None)
-    shard_poll_interval = 0.02  # per-shard BLPOP slice when blocking on several shards
+    shard_poll_interval = 0.02  # per-shard BLPOP slice when servers cannot cancel a wait (Redis < 5)
+    _client_unblock: Optional[bool] = None  # False once a server refused CLIENT ID or CLIENT UNBLOCK
     global_stats_key = "#global#"
     new_channel_suffix_length = 12
 

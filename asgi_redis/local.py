@@ -27,17 +27,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import redis
 
-from . import scripts, spec
+from . import spec
 from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts
 from .core import Message, RedisChannelLayer
 from .receiving import ReceivePlan
-from .waiting import NoClientUnblock, PendingPops, Target
+from .waiting import Target
 
 # Extensions the delegation below carries over to a local_layer; the others
 # ("twisted", "asyncio") would bypass it, so they are not offered in that mode.
@@ -62,7 +61,6 @@ class RedisLocalChannelLayer(RedisChannelLayer):
     """
 
     local_poll_interval = 0.02  # seconds between looks at a local_layer during a mixed blocking receive
-    _client_unblock: Optional[bool] = None  # False once a server refused CLIENT ID or UNBLOCK
 
     def __init__(
         self,
@@ -144,78 +142,17 @@ class RedisLocalChannelLayer(RedisChannelLayer):
             names = [name for name in names if spec.is_directed(name)]
             if not names:
                 return self.local_layer.receive(local, block=block) if local else _NOTHING
-        targets = self._receive_targets(names)
-        if not local and (not block or len(targets) <= 1):
+        if not local:
             return super().receive(names, block)
-        return self._receive_everywhere(local, targets, block)
+        return self._receive_everywhere(local, self._receive_targets(names), block)
 
     def _receive_everywhere(
         self, local: List[str], targets: List[Target], block: bool, timeout: Optional[float] = None
     ) -> Received:
         """Non-blocking looks (local first), then one wait on every server at once, until the deadline."""
-        deadline = time.monotonic() + (self.blpop_timeout if timeout is None else timeout)
+        poll = (lambda: self.local_layer.receive(local, block=False)) if local else None
         plan = ReceivePlan(self, targets, next(self._receive_turn))
-        while True:
-            found = self.local_layer.receive(local, block=False) if local else _NOTHING
-            if found[0] is None:
-                found = plan.run(False)
-            remaining = deadline - time.monotonic()
-            if found[0] is not None or not block or remaining <= 0:
-                return found
-            if self._client_unblock is False:
-                # Redis < 5: no CLIENT UNBLOCK; wait in slices, as the core does across shards
-                slice_length = self.local_poll_interval if local else remaining
-                found = plan.run(True, timeout=min(remaining, slice_length))
-            else:
-                found = self._wait_everywhere(local, targets, deadline)
-            if found[0] is not None:
-                return found
-
-    def _wait_everywhere(
-        self, local: List[str], targets: List[Target], deadline: float
-    ) -> Received:
-        try:
-            pops = PendingPops(self, targets, deadline - time.monotonic())
-        except NoClientUnblock:
-            self._client_unblock = False
-            return _NOTHING
-        found: Received = _NOTHING
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if local:
-                    remaining = min(remaining, self.local_poll_interval)
-                if remaining <= 0 or pops.wait(remaining):
-                    break
-                if local:
-                    found = self.local_layer.receive(local, block=False)
-                    if found[0] is not None:
-                        break
-        finally:
-            popped = pops.finish()
-            if pops.unblock_refused:
-                self._client_unblock = False  # wait in slices from now on
-        if found[0] is not None:
-            self._push_back(popped)
-            return found
-        for position, (target, (queue_key, body_key)) in enumerate(popped):
-            shards, index, _ = target
-            with self._guard(shards, index, "receive"):
-                body = scripts.TAKE_BODY(shards.client(index), [body_key])
-            found = self._decode(queue_key, body) if body is not None else None
-            if found is not None:
-                self._push_back(popped[position + 1:])
-                return found
-        return _NOTHING
-
-    def _push_back(self, popped: List[Tuple[Target, Any]]) -> None:
-        """Return message keys popped by losing waits to the head of their queues, in order."""
-        for (shards, index, _), (queue_key, body_key) in popped:
-            with self._guard(shards, index, "receive"):
-                pipeline = shards.client(index).pipeline(transaction=False)
-                pipeline.lpush(queue_key, body_key)
-                pipeline.expire(queue_key, self.expiry + 1)
-                pipeline.execute()
+        return plan.run(block, timeout, poll=poll, poll_interval=self.local_poll_interval)
 
     def _receive_targets(self, names: List[str]) -> List[Tuple[ShardSet, int, List[str]]]:
         # the machine-local Redis first: the cheap look, and what the contract asks

@@ -5,10 +5,11 @@ channels (1 round trip each), stopping at the first message. A blocking one
 does that sweep first, so a waiting message costs one round trip, then waits
 with BLPOP and fetches the body with take_body.lua (2 round trips).
 
-BLPOP can only wait on one server. With several shards we wait on each for
-a short slice in turn instead of on one for the whole timeout (1.4.3 sat up
-to 5 s on one shard while messages waited on another), so a message on any
-shard is seen within about one slice.
+BLPOP can only wait on one server, and Redis ends a short BLPOP only at its
+next ``hz`` tick (100 ms by default), so a blocking receive spanning several
+servers sends a BLPOP to each at once and takes the first answer
+(``waiting.py``); 1.4.3 sat up to 5 s on one shard while messages waited on
+another. Servers that cannot cancel a wait (Redis < 5) are waited on in turn.
 
 The search itself is I/O-free: :meth:`ReceivePlan.steps` is a generator that
 yields one :class:`Step` (a Redis call) at a time and is sent its reply.
@@ -24,11 +25,11 @@ import inspect
 import math
 import random
 import time
-from typing import TYPE_CHECKING, Any, Dict, Generator, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, NamedTuple, Optional, Tuple
 
 import redis
 
-from . import scripts
+from . import scripts, waiting
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connections import ShardSet
@@ -71,7 +72,40 @@ class ReceivePlan:
             start = turn % len(group)
             self.targets += group[start:] + group[:start]
 
-    def run(self, block: bool, timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[dict]]:
+    def run(
+        self,
+        block: bool,
+        timeout: Optional[float] = None,
+        poll: Optional[Callable[[], Tuple[Optional[str], Optional[dict]]]] = None,
+        poll_interval: float = 0.02,
+    ) -> Tuple[Optional[str], Optional[dict]]:
+        """Carry out the receive with blocking redis-py calls.
+
+        ``poll``, if given, is a non-blocking look at another transport (the
+        local layer's), made before each look at Redis and every
+        ``poll_interval`` seconds while waiting.
+        """
+        if poll is None and (not block or len(self.targets) == 1):
+            return self.run_steps(block, timeout)
+        # Several servers: BLPOP on each at once and take the first answer
+        # (waiting.py); waiting on each in turn would be bounded by Redis's hz
+        # tick, 100 ms by default, however short the slices.
+        deadline = time.monotonic() + (self.layer.blpop_timeout if timeout is None else timeout)
+        while True:
+            found = poll() if poll is not None else _NOTHING
+            if found[0] is None:
+                found = self.run_steps(False)
+            remaining = deadline - time.monotonic()
+            if found[0] is not None or not block or remaining <= 0:
+                return found
+            if self.layer._client_unblock is not False:
+                found = waiting.wait_everywhere(self.layer, self.targets, deadline, poll, poll_interval)
+            else:  # Redis < 5 or an ACL without CLIENT UNBLOCK: wait in turns
+                found = self.run_steps(True, min(remaining, poll_interval if poll else remaining))
+            if found[0] is not None:
+                return found
+
+    def run_steps(self, block: bool, timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[dict]]:
         """Carry out :meth:`steps` with blocking redis-py calls."""
         steps = self.steps(block, timeout)
         reply = None

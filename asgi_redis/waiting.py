@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 import select
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+import time
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 import redis
 
+from . import scripts
 from .connections import ShardSet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,3 +116,68 @@ class PendingPops:
             connection.disconnect()
             target[0].client(target[1]).connection_pool.release(connection)
         self.pending = []
+
+
+Received = Tuple[Optional[str], Optional[dict]]
+_NOTHING: Received = (None, None)
+
+
+def wait_everywhere(
+    layer: RedisChannelLayer,
+    targets: List[Target],
+    deadline: float,
+    poll: Optional[Callable[[], Received]] = None,
+    poll_interval: float = 0.02,
+) -> Received:
+    """One BLPOP on every target's server at once, until a message or the deadline.
+
+    ``poll`` (a non-blocking look at another transport) runs every
+    ``poll_interval`` seconds meanwhile. Sets ``layer._client_unblock`` to
+    False when a server cannot cancel a wait, so later calls wait in turns.
+    """
+    try:
+        pops = PendingPops(layer, targets, deadline - time.monotonic())
+    except NoClientUnblock:
+        layer._client_unblock = False
+        return _NOTHING
+    found: Received = _NOTHING
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if poll is not None:
+                remaining = min(remaining, poll_interval)
+            if remaining <= 0 or pops.wait(remaining):
+                break
+            if poll is not None:
+                found = poll()
+                if found[0] is not None:
+                    break
+    finally:
+        popped = pops.finish()
+        if pops.unblock_refused:
+            layer._client_unblock = False
+    if found[0] is not None:
+        _push_back(layer, popped)
+        return found
+    for position, (target, (queue_key, body_key)) in enumerate(popped):
+        shards, index, _ = target
+        with layer._guard(shards, index, "receive"):
+            body = scripts.TAKE_BODY(shards.client(index), [body_key])
+        decoded = layer._decode(queue_key, body) if body is not None else None
+        if decoded is not None:
+            _push_back(layer, popped[position + 1:])
+            return decoded
+    return _NOTHING
+
+
+def _push_back(layer: RedisChannelLayer, popped: List[Tuple[Target, Any]]) -> None:
+    """Return message keys popped by cancelled waits to the head of their queues.
+
+    Nobody has seen these messages: putting them back loses nothing and
+    delivers nothing twice."""
+    for (shards, index, _), (queue_key, body_key) in popped:
+        with layer._guard(shards, index, "receive"):
+            pipeline = shards.client(index).pipeline(transaction=False)
+            pipeline.lpush(queue_key, body_key)
+            pipeline.expire(queue_key, layer.expiry + 1)
+            pipeline.execute()
