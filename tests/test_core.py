@@ -281,9 +281,11 @@ def test_blocking_receive_on_two_shards_does_not_stall(redis_shards):
     assert not errors and len(latencies) == 8
     latencies.sort()
     print(f"\nsharded blocking receive latency: p50 {latencies[4] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
-    # 1.4.3 waited up to 5 s on the other shard; generous bounds for a loaded machine
+    # 1.4.3 waited up to 5 s on the other shard, and waiting on each shard in
+    # turn costs ~100 ms (Redis's hz tick); the worst case is left generous for
+    # a loaded machine
+    assert latencies[4] < 0.05
     assert latencies[-1] < 1.0
-    assert latencies[4] < 0.25
 
 
 def test_blocking_receive_times_out(make_layer):
