@@ -190,7 +190,9 @@ class Sentinels:
         ConnectionError) when no sentinel knows a master that is up."""
 
         def question(client: redis.Redis) -> Optional[Address]:
-            state = client.sentinel_master(service)
+            # execute_command, not redis-py's sentinel_master(): some redis-py 7
+            # releases pass an option meant for their Sentinel class to the parser
+            state = client.execute_command("SENTINEL MASTER", service)
             if not state.get("is_master") or state.get("is_sdown") or state.get("is_odown"):
                 return None  # down or mid-failover: a connect there would only fail
             return (state["ip"], int(state["port"]))
@@ -203,7 +205,7 @@ class Sentinels:
     def service_names(self) -> List[str]:
         """Every service the sentinels monitor, sorted: every process must see the
         same order, since the order decides each name's shard."""
-        names, failures = self._ask(lambda client: sorted(client.sentinel_masters()))
+        names, failures = self._ask(lambda client: sorted(client.execute_command("SENTINEL MASTERS")))
         if names is None:
             raise LayerConnectionError(
                 "could not list the services the sentinels monitor; " + "; ".join(failures)

@@ -62,7 +62,7 @@ class SentinelTopology:
         for sentinel in self.sentinels:
             client = sentinel.client(socket_timeout=1)
             try:
-                host, port = client.sentinel_get_master_addr_by_name(service)
+                host, port = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", service)
                 return _text(host), int(port)
             except redis.ConnectionError:
                 continue
@@ -89,14 +89,14 @@ class SentinelTopology:
         for sentinel in self.sentinels:
             client = sentinel.client(socket_timeout=1)
             try:
-                masters = client.sentinel_masters()
+                masters = client.execute_command("SENTINEL MASTERS")
                 for service in self.services:
                     state = masters.get(service)
                     if not state or not state["is_master"] or state["is_sdown"] or state["is_odown"]:
                         return False
                     if state["num-other-sentinels"] < len(self.sentinels) - 1:
                         return False
-                    replicas = client.sentinel_slaves(service)
+                    replicas = client.execute_command("SENTINEL SLAVES", service)
                     if not any(r["is_slave"] and not r["is_sdown"] and r.get("master-link-status") == "ok"
                                for r in replicas):
                         return False
@@ -114,7 +114,7 @@ class SentinelTopology:
             for sentinel in self.sentinels:
                 client = sentinel.client(socket_timeout=1)
                 try:
-                    host, port = client.sentinel_get_master_addr_by_name(service)
+                    host, port = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", service)
                     addresses.add((_text(host), int(port)))
                 except redis.ConnectionError:
                     return False
