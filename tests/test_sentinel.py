@@ -11,6 +11,7 @@ import time
 
 import pytest
 import redis
+from redis.connection import SSLConnection
 
 from asgi_redis import LayerConnectionError, RedisSentinelChannelLayer, retry
 from asgi_redis.connections import shard_index
@@ -169,6 +170,11 @@ def test_defaults_and_clients():
     assert sentinel_kwargs["retry"]._retries == 0
     assert "service 'one'" in repr(layer)
     layer.close()
+    tls = RedisSentinelChannelLayer(
+        services=["one"], connection_kwargs={"ssl": True, "ssl_cert_reqs": "none"}, sentinel_kwargs={"ssl": True}
+    )
+    assert issubclass(tls.shards.client(0).connection_pool.connection_class, SSLConnection)
+    assert issubclass(tls.shards.sentinels._clients[0].connection_pool.connection_class, SSLConnection)
 
 
 # -- against the topology ----------------------------------------------------------
