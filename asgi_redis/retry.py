@@ -144,12 +144,16 @@ class _TrackedConnection:
             raise
 
     def check_health(self) -> None:
-        # the PING before a command on an idle connection (health_check_interval)
+        # the PING before a command on an idle connection (health_check_interval);
+        # it must not stand in for the command (or pipeline) written after it
+        sent = getattr(self, "_asgi_redis_sent", _NOT_A_COMMAND)
         try:
             super().check_health()  # type: ignore[misc]
         except (RedisConnectionError, RedisTimeoutError) as error:
             _mark(error, _NOTHING_SENT, True)
             raise
+        finally:
+            self._asgi_redis_sent = sent
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -163,6 +167,11 @@ class _TrackedConnection:
     def pack_commands(self, commands: Any) -> Any:
         self._asgi_redis_sent = _NOT_A_COMMAND
         return super().pack_commands(commands)  # type: ignore[misc]
+
+    def pack_command(self, *args: Any) -> Any:
+        # written with send_packed_command, outside send_command: unknown, never repeated
+        self._asgi_redis_sent = _NOT_A_COMMAND
+        return super().pack_command(*args)  # type: ignore[misc]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:

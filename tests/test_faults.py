@@ -243,6 +243,22 @@ def test_connection_dropped_while_connecting_is_retried(build, proxy, server):
     assert [m["n"] for _, m in drain(layer, ["connecting"])] == [1]
 
 
+def test_pipeline_whose_reply_was_lost_is_not_repeated_after_a_health_check(build, proxy, server):
+    """The health-check PING must not stand in for the pipeline written after it."""
+    layer = build(hosts=[proxy.url], connection_kwargs={**TIMEOUTS, "health_check_interval": 0.05})
+    client = layer.shards.client(0)
+    client.ping()
+    time.sleep(0.1)  # idle past the interval: the pipeline's write is preceded by a PING
+    proxy.armed = b"RPUSH"
+    pipeline = client.pipeline(transaction=False)
+    pipeline.rpush("asgi:piped", "a")
+    pipeline.rpush("asgi:piped", "b")
+    with pytest.raises(redis.ConnectionError):
+        pipeline.execute()
+    assert proxy.cut == 1
+    assert server.client().lrange("asgi:piped", 0, -1) == [b"a", b"b"]
+
+
 def test_policy_decisions():
     connect_error = redis.ConnectionError("Error 111 connecting")
     connect_error._asgi_redis_nothing_sent = True
