@@ -180,8 +180,9 @@ class Demo:
                 answer = self._next_answer("broadcast")
                 heard.add((answer["member"], answer["n"]))
             fan_out.append(time.time() - started)
-            progress.update(_group_line, number + 1, len(members), send_times, fan_out, force=True)
-        progress.done(_group_line(self.args.broadcasts, len(members), send_times, fan_out))
+            progress.update(_group_line, number + 1, self.args.broadcasts, len(members), send_times, fan_out,
+                            force=True)
+        progress.done(_group_line(self.args.broadcasts, self.args.broadcasts, len(members), send_times, fan_out))
         self.results["group"] = {
             "members": len(members), "broadcasts": self.args.broadcasts, "delivered": len(heard),
             "send_group": send_times, "fan_out": fan_out,
@@ -264,8 +265,8 @@ def _work_line(received: int, elapsed: float, recent: List[Any]) -> str:
             f"round trip p50 {_ms(latencies, 50)} p99 {_ms(latencies, 99)}")
 
 
-def _group_line(done: int, members: int, send_times: List[float], fan_out: List[float]) -> str:
-    return (f"{done} broadcasts  {done * members:,} deliveries  send_group p50 {_ms(send_times, 50)}  "
+def _group_line(done: int, total: int, members: int, send_times: List[float], fan_out: List[float]) -> str:
+    return (f"broadcast {done}/{total}  {done * members:,} deliveries  send_group p50 {_ms(send_times, 50)}  "
             f"all {members} answered p50 {_ms(fan_out, 50)}")
 
 
