@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_layer_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.add_argument("--limit", type=_positive_int, default=100,
-                         help="at most this many channels and groups per shard (default 100)")
+                         help="at most this many channels and groups per shard (default 100); "
+                              "the scan also stops after LIMIT x 1000 keys")
     inspect.set_defaults(func=command_inspect)
 
     flush = commands.add_parser(

@@ -19,6 +19,7 @@ import redis
 from .core import RedisChannelLayer
 
 SCAN_BATCH = 500
+KEYS_PER_LISTED = 1000  # inspect looks at most --limit x this many keys per shard
 _STATS_SUFFIXES = (":messages_count", ":channel_full_count")
 
 
@@ -94,7 +95,10 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
                 contents.other_keys += 1
         contents.channels += _measure_channels(layer, client, lists)
         contents.groups += _measure_groups(layer, client, groups)
-        if len(contents.channels) >= limit and len(contents.groups) >= limit:
+        # enough of both, or a keyspace so large (mostly message bodies) that walking
+        # all of it would take long: stop, and say the listing may be partial
+        if (len(contents.channels) >= limit and len(contents.groups) >= limit) \
+                or contents.scanned >= limit * KEYS_PER_LISTED:
             contents.complete = False
             break
     contents.channels.sort(key=lambda channel: (-channel.pending, channel.name))

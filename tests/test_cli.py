@@ -193,6 +193,22 @@ def test_inspect_limit(redis_server, cli_layer):
     assert len(shard["channels"]) == 2 and shard["complete"] is False
 
 
+def test_inspect_scan_is_bounded_on_a_large_keyspace(redis_server):
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix=PREFIX, stats_prefix=STATS_PREFIX,
+                              capacity=5000)
+    layer.flush()
+    try:
+        for number in range(2500):
+            layer.send("busy", {"n": number})
+        result = run_cli("inspect", "--json", "--limit", "1", *location(redis_server))
+        shard = json.loads(result.stdout)["shards"][0]
+        assert shard["complete"] is False
+        assert 1000 <= shard["scanned"] < 2500
+    finally:
+        layer.flush()
+        layer.close()
+
+
 def test_inspect_stats_and_flush_never_use_keys(redis_server, cli_layer):
     fill(cli_layer())
     client = redis_server.client()
