@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import redis
 
+from . import spec
 from .core import RedisChannelLayer
 
 SCAN_BATCH = 500
@@ -160,17 +161,28 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
             for key in keys:
                 rest = key.decode("utf8", "replace")[len(layer.stats_prefix):]
                 for suffix in _STATS_SUFFIXES:
-                    if rest.endswith(suffix) and not rest.startswith(global_part):
-                        names[rest[: -len(suffix)]] = None
+                    name = rest[: -len(suffix)]
+                    if rest.endswith(suffix) and not rest.startswith(global_part) and _is_channel_name(name):
+                        names[name] = None
             if len(names) >= limit:
                 return sorted(names)[:limit]
         for keys in scan_batches(client, layer.prefix):
             for key, kind in zip(keys, _pipelined(client, [("type", key) for key in keys])):
-                if kind in (b"list", "list"):
-                    names[key.decode("utf8", "replace")[len(layer.prefix):]] = None
+                name = key.decode("utf8", "replace")[len(layer.prefix):]
+                if kind in (b"list", "list") and _is_channel_name(name):
+                    names[name] = None
             if len(names) >= limit:
                 return sorted(names)[:limit]
     return sorted(names)
+
+
+def _is_channel_name(name: str) -> bool:
+    # another program's keys under the same prefix are not ours to report on
+    try:
+        spec.validate_channel_name(name)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def other_layer_prefixes(layer: RedisChannelLayer, max_keys: int = 20000) -> Tuple[List[str], List[str]]:

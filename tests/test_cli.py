@@ -134,6 +134,20 @@ def test_stats_json_matches_the_layer(redis_shards, cli_layer):
     assert report["channels"]["http.request"]["messages_pending"] == 4
 
 
+def test_stats_skips_foreign_keys_under_the_prefixes(redis_server, cli_layer):
+    fill(cli_layer())
+    client = redis_server.client()
+    try:
+        client.set(STATS_PREFIX + "not a channel:messages_count", 1)
+        client.rpush(PREFIX + "some other list", "x")
+        result = run_cli("stats", "--json", *location(redis_server))
+    finally:
+        client.delete(STATS_PREFIX + "not a channel:messages_count", PREFIX + "some other list")
+        client.close()
+    assert result.returncode == 0, result.stderr
+    assert sorted(json.loads(result.stdout)["channels"]) == ["http.request", "reply?xyz", "websocket.send!"]
+
+
 def test_stats_watch_refreshes_with_a_rate(redis_server, cli_layer):
     fill(cli_layer())
     result = run_cli("stats", "--json", "--watch", "0.1", "--count", "3", *location(redis_server))
