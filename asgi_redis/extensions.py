@@ -16,14 +16,18 @@ connection pool per message instead, which capped daphne at ~90 echoes/s.
 
 ``receive_async`` answers the same plan's steps with ``redis.asyncio``
 clients, one per shard and event loop (a redis.asyncio connection belongs to
-the loop that opened it). Shard sets it cannot mirror (Sentinel, custom)
-fall back to the blocking plan in the loop's default executor.
+the loop that opened it). Receives spanning several servers (normal
+channels on several shards) and shard sets it cannot mirror (Sentinel,
+custom) run the blocking plan, which waits on every server at once, in the
+loop's default executor; the Twisted extension hands such waits to its pool
+the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
@@ -97,6 +101,7 @@ class ExtensionsMixin:
         if not names:
             return defer.succeed((None, None))
         plan = ReceivePlan(self, self._receive_targets(names), next(self._receive_turn))
+        deadline = time.monotonic() + self.extension_receive_timeout
         steps = plan.steps(True, self.extension_receive_timeout)
         # The look at waiting messages (pop.lua, one round trip per shard) runs
         # here in the reactor thread, as daphne's own sends do: a message that
@@ -108,7 +113,12 @@ class ExtensionsMixin:
             return defer.fail()
         if wait is None:
             return defer.succeed(found)
-        return threads.deferToThreadPool(reactor, self._twisted_pool(reactor), _finish, self, steps, wait)
+        pool = self._twisted_pool(reactor)
+        if len(plan.targets) > 1:
+            # several servers: the core's wait on all of them at once (waiting.py)
+            steps.close()
+            return threads.deferToThreadPool(reactor, pool, plan.run, True, max(0.0, deadline - time.monotonic()))
+        return threads.deferToThreadPool(reactor, pool, _finish, self, steps, wait)
 
     def _twisted_pool(self, reactor: Any) -> Any:
         pool = getattr(self, "_twisted_receive_pool", None)
@@ -136,7 +146,9 @@ class ExtensionsMixin:
             return None, None
         plan = ReceivePlan(self, self._receive_targets(names), next(self._receive_turn))
         clients = self._async_clients()
-        if not all(clients.mirror(shards, index) for shards, index, _ in plan.targets):
+        # Several servers: the core's wait on all of them at once (waiting.py)
+        # runs in a thread; waiting on each in turn would be bounded by Redis's hz tick.
+        if len(plan.targets) > 1 or not all(clients.mirror(shards, index) for shards, index, _ in plan.targets):
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, plan.run, True, self.extension_receive_timeout)
         steps = plan.steps(True, self.extension_receive_timeout)

@@ -6,6 +6,8 @@ needed. asyncio tests use asyncio.run.
 """
 
 import asyncio
+import itertools
+import statistics
 import sys
 import threading
 import time
@@ -447,3 +449,54 @@ def test_async_connection_error_names_the_shard():
     layer = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}"])
     with pytest.raises(LayerConnectionError, match=str(port)):
         run(layer.receive_async, ["nobody!"])
+
+
+def median_wake_delay(layer, receive_once, channels, tries=8):
+    """Median time from a send to its receipt by a receive already waiting on
+    ``channels`` (first on shard 0, second on shard 1); the message goes to the
+    second, the shard a wait in turns would look at last."""
+    delays = []
+
+    def send(i, sent_at):
+        sent_at.append(time.monotonic())
+        layer.send(channels[1], {"i": i})
+
+    for i in range(tries):
+        layer._receive_turn = itertools.count()  # every plan starts its turns at shard 0
+        sent_at = []
+        timer = threading.Timer(0.01, send, (i, sent_at))
+        timer.start()
+        result = receive_once(channels)
+        delays.append(time.monotonic() - sent_at[0])
+        timer.join()
+        assert result == (channels[1], {"i": i})
+    return statistics.median(delays)
+
+
+def test_sharded_waits_wake_without_the_hz_tick(reactor, redis_shards):
+    """A receive spanning both shards waits on both at once, not in turns
+    whose slices Redis ends only on its 100 ms hz tick."""
+    layer = RedisChannelLayer(hosts=[server.url for server in redis_shards], expiry=2)
+    layer.extension_receive_timeout = 5
+    names = names_on_both_shards(layer, per_shard=1)
+    try:
+        layer.flush()
+        twisted_delay = median_wake_delay(layer, lambda channels: twisted_receive(reactor, layer, channels), names)
+
+        async def scenario():
+            loop = asyncio.get_running_loop()
+
+            def receive_once(channels):
+                return asyncio.run_coroutine_threadsafe(layer.receive_async(channels), loop).result()
+
+            try:
+                return await loop.run_in_executor(None, median_wake_delay, layer, receive_once, names)
+            finally:
+                await layer.close_async()
+
+        async_delay = asyncio.run(scenario())
+        assert twisted_delay < 0.05, twisted_delay
+        assert async_delay < 0.05, async_delay
+    finally:
+        layer.flush()
+        layer.close()
