@@ -286,26 +286,21 @@ def report(label, figures):
 
 def test_echo_figures_twisted_and_force_sync(deployment, request):
     label = request.node.callspec.id
-    sharded = len(deployment.redis) > 1
-    # runworker's blocking receive over two shards waits on each in turn, in
-    # slices Redis ends only on its hz tick (~100 ms): fewer echoes there
-    latency_count = 50 if sharded else 500
     opened_before = deployment.redis_connections_opened()
-    twisted = measure_echoes(deployment, latency_count=latency_count, pipelined_count=2000)
+    twisted = measure_echoes(deployment, latency_count=500, pipelined_count=2000)
     opened = deployment.redis_connections_opened() - opened_before
     report(f"{label} daphne twisted mode", twisted)
     # persistent connections: 1.4.3's receive_twisted opened ten per message
-    assert opened <= 10, f"{opened} Redis connections opened during {latency_count + 2000} echoes"
+    assert opened <= 10, f"{opened} Redis connections opened during 2500 echoes"
     deployment.start_daphne(force_sync=True)
     try:
-        polling = measure_echoes(deployment, latency_count=30 if sharded else 60, pipelined_count=300)
+        polling = measure_echoes(deployment, latency_count=60, pipelined_count=300)
         report(f"{label} daphne --force-sync", polling)
     finally:
         deployment.start_daphne(force_sync=False)
-    if not sharded:
-        # generous bounds only (shared 2-core machine); the figures are printed above
-        assert twisted["p50_ms"] < 25
-        assert twisted["p50_ms"] < polling["p50_ms"]  # daphne's 50 ms idle poll is gone
+    # generous bounds only (shared 2-core machine); the figures are printed above
+    assert twisted["p50_ms"] < 25
+    assert twisted["p50_ms"] < polling["p50_ms"]  # daphne's 50 ms idle poll is gone
 
 
 def test_no_message_left_in_redis(deployment):
