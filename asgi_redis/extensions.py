@@ -5,14 +5,16 @@ channels, sharding, encryption, expiry, bodies deleted on read) because both
 run the core's :class:`~asgi_redis.receiving.ReceivePlan`; only who performs
 its Redis calls differs.
 
-``receive_twisted`` runs the blocking plan in a small Twisted thread pool of
-its own. daphne keeps exactly one receive in flight, so one pooled thread
-waits in BLPOP on one persistent connection while the reactor stays free; a
-reply costs BLPOP + take_body.lua (2 round trips) plus one thread hand-off
-(tens of microseconds, measured in README.rst). A native Twisted Redis
-protocol could save only that hand-off and would duplicate the receive
-logic, the NOSCRIPT handling and the connection settings; 1.4.3 built a new
-connection pool per message instead, which capped daphne at ~90 echoes/s.
+``receive_twisted`` looks for a waiting message in the reactor thread (one
+pop.lua round trip per shard, like daphne's own sends) and hands only the
+wait to a small Twisted thread pool of its own. daphne keeps exactly one
+receive in flight, so one pooled thread waits in BLPOP on one persistent
+connection while the reactor stays free; a reply costs BLPOP and
+take_body.lua (2 round trips) plus one thread hand-off (about 0.1 ms,
+measured in README.rst). A native Twisted Redis protocol could save only
+that hand-off and would duplicate the receive logic, the NOSCRIPT handling
+and the connection settings; 1.4.3 built a new connection pool per message
+instead, which capped daphne at ~90 echoes/s.
 
 ``receive_async`` answers the same plan's steps with ``redis.asyncio``
 clients, one per shard and event loop (a redis.asyncio connection belongs to
