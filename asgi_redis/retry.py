@@ -51,6 +51,7 @@ SAFE_SCRIPT_SHAS: FrozenSet[str] = frozenset(
 )
 
 _NOTHING_SENT = "_asgi_redis_nothing_sent"
+_SETTLED = "_asgi_redis_settled"  # SafeRetry already decided about this error
 _COMMAND = "_asgi_redis_command"
 _NOT_A_COMMAND = object()  # pipelines: several commands, never repeated
 
@@ -118,9 +119,9 @@ class SafeRetry(Retry):
                     fail(error, failures)
                 else:
                     fail(error)
-                if failures > self._retries or not may_retry(error):
-                    raise
-                if is_retryable is not None and not is_retryable(error):
+                if (failures > self._retries or not may_retry(error)
+                        or (is_retryable is not None and not is_retryable(error))):
+                    _mark(error, _SETTLED, True)
                     raise
                 time.sleep(self.pause)
 
@@ -129,11 +130,21 @@ class _TrackedConnection:
     """Mixin put in front of the pool's connection class; marks errors for may_retry."""
 
     def connect(self) -> None:
-        try:
-            super().connect()  # type: ignore[misc]
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            _mark(error, _NOTHING_SENT, True)
-            raise
+        # redis-py >= 8 runs the whole connect through SafeRetry; older versions
+        # retry at most the socket connect, so the handshake is retried here
+        failures = 0
+        while True:
+            try:
+                return super().connect()  # type: ignore[misc]
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                _mark(error, _NOTHING_SENT, True)
+                failures += 1
+                policy = getattr(self, "retry", None)
+                if (not isinstance(policy, SafeRetry) or getattr(error, _SETTLED, False)
+                        or failures > policy._retries or not may_retry(error)):
+                    raise
+                self.disconnect()  # type: ignore[attr-defined]
+                time.sleep(policy.pause)
 
     def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
         # redis-py >= 6 connects through this from send_packed_command as well
@@ -208,7 +219,9 @@ def install(client: redis.Redis) -> redis.Redis:
 
 def client_defaults() -> Dict[str, Any]:
     """Keyword arguments every layer client is built with (a user's own ``retry`` wins)."""
-    return {"retry": SafeRetry()}
+    # redis-py < 6 re-raises in its failure callback unless the error type is
+    # listed in retry_on_error, which would leave SafeRetry no say
+    return {"retry": SafeRetry(), "retry_on_error": [RedisConnectionError]}
 
 
 __all__: Sequence[str] = [
