@@ -9,7 +9,8 @@ policy into every client (see :func:`install`):
 * A connection error while *establishing* a connection (TCP connect, TLS,
   AUTH/HELLO handshake) or during redis-py's optional health-check PING is
   retried once after a short pause: the command itself was not written yet.
-  This also covers a pooled connection left stale by a Redis restart.
+  (A pooled connection closed by a Redis restart is noticed by redis-py
+  before anything is written to it, and replaced through this same path.)
 * A connection error after a command was written is retried once only for
   commands whose repetition cannot duplicate or lose a message: plain reads,
   idempotent writes, and the read-only / idempotent scripts.
@@ -37,7 +38,7 @@ from redis.retry import Retry
 
 from . import scripts
 
-RETRY_PAUSE = 0.1  # seconds before the single retry: long enough for a restart's accept backlog
+RETRY_PAUSE = 0.1  # seconds before the single retry; short, as the caller is waiting
 MAX_RETRIES = 1
 
 # Commands whose second run cannot deliver, queue or drop a message twice.
