@@ -547,7 +547,16 @@ def paused(server, milliseconds, how):
         return None
     thread = threading.Thread(target=lambda: raw.execute_command("DEBUG", "SLEEP", milliseconds / 1000))
     thread.start()
-    time.sleep(0.1)  # let DEBUG SLEEP start before the layer calls in
+    # the layer must call in only once the server is asleep: wait until a PING goes unanswered
+    probe = server.client(socket_timeout=0.05, retry=Retry(NoBackoff(), 0))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            probe.ping()
+        except redis.TimeoutError:
+            break
+        time.sleep(0.01)
+    probe.close()
     return thread
 
 
