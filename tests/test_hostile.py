@@ -146,6 +146,20 @@ def test_channel_name_validation(layer, name):
 
 @PROPERTY
 @given(name=any_text)
+def test_receive_name_validation(layer, name):
+    valid = (bool(VALID_CHANNEL.fullmatch(name)) and len(name) < 100 and not name.endswith("?")
+             and ("!" not in name or name.endswith("!")))
+    if valid:
+        assert layer.receive([name]) == (None, None)
+    else:
+        with pytest.raises(TypeError, match="Channel name"):
+            layer.receive([name])
+        with pytest.raises(TypeError, match="Channel name"):
+            layer.receive(["fine", name], block=True)
+
+
+@PROPERTY
+@given(name=any_text)
 def test_group_name_validation(layer, name):
     valid = bool(VALID_GROUP.fullmatch(name)) and len(name) < 100
     if valid:
