@@ -544,7 +544,7 @@ def paused(server, milliseconds, how):
     if how == "pause":
         raw.execute_command("CLIENT", "PAUSE", milliseconds)
         raw.close()
-        return None
+        return time.monotonic() + milliseconds / 1000  # when it ends
     thread = threading.Thread(target=lambda: raw.execute_command("DEBUG", "SLEEP", milliseconds / 1000))
     thread.start()
     # the layer must call in only once the server is asleep: wait until a PING goes unanswered
@@ -578,10 +578,10 @@ def test_unanswering_redis_times_out_then_recovers(build, server, how):
         with pytest.raises(LayerConnectionError, match="did not answer in time"):
             call()
         figures[name] = time.monotonic() - started
-        if sleeper is not None:
+        if isinstance(sleeper, threading.Thread):
             sleeper.join(10)
         else:
-            time.sleep(1.1)
+            time.sleep(max(0.0, sleeper - time.monotonic()) + 0.05)
     print(f"\n{how}: calls failed after {', '.join(f'{k} {v:.2f} s' for k, v in figures.items())}")
     for name, elapsed in figures.items():
         # within the socket timeout, plus scheduling noise on a busy machine
