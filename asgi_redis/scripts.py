@@ -23,11 +23,13 @@ class LuaScript:
         self.sha = hashlib.sha1(source).hexdigest()
 
     def __call__(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+        for _ in range(2):
+            try:
+                return client.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # a reconnect may land on another server (failover) that lacks it too
+                client.script_load(self.source)
+        return client.evalsha(self.sha, len(keys), *keys, *args)
 
     def queue(self, pipeline: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> None:
         """Add a call to a pipeline; see run_pipeline for the NOSCRIPT handling."""
