@@ -38,6 +38,7 @@ from redis.exceptions import NoScriptError
 
 from . import scripts, spec
 from .connections import HostShards
+from .errors import LayerConnectionError
 from .receiving import (
     BLPOP,
     POP,
@@ -46,8 +47,9 @@ from .receiving import (
     Step,
     Steps,
     blpop_timeout,
+    next_step,
     refuses_fractional_timeout,
-    run_step,
+    run_guarded,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -154,14 +156,18 @@ class ExtensionsMixin:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, plan.run, True, self.extension_receive_timeout)
         steps = plan.steps(True, self.extension_receive_timeout)
-        reply = None
+        reply, error = None, None
         while True:
             try:
-                step = steps.send(reply)
+                step = next_step(steps, reply, error)
             except StopIteration as done:
                 return done.value
-            with self._guard(step.shards, step.index, "receive"):
-                reply = await _run_step_async(self, clients.mirror(step.shards, step.index), step)
+            reply, error = None, None
+            try:
+                with self._guard(step.shards, step.index, "receive"):
+                    reply = await _run_step_async(self, clients.mirror(step.shards, step.index), step)
+            except LayerConnectionError as failed:
+                error = failed
 
     async def close_async(self) -> None:
         """Close the redis.asyncio connections this layer opened on the running loop."""
@@ -181,24 +187,24 @@ class ExtensionsMixin:
 _pool_lock = threading.Lock()
 
 
-def _drive(layer: Any, steps: Steps, reply: Any, until_wait: bool) -> Tuple[Received, Optional[Step]]:
+def _drive(
+    layer: Any, steps: Steps, reply: Any, until_wait: bool, error: Optional[BaseException] = None
+) -> Tuple[Received, Optional[Step]]:
     """Answer ``steps`` with blocking calls: (result, None), or (None, the BLPOP step) when asked to stop there."""
     while True:
         try:
-            step = steps.send(reply)
+            step = next_step(steps, reply, error)
         except StopIteration as done:
             return done.value, None
         if until_wait and step.kind == BLPOP:
             return (None, None), step
-        with layer._guard(step.shards, step.index, "receive"):
-            reply = run_step(layer, step)
+        reply, error = run_guarded(layer, step)
 
 
 def _finish(layer: Any, steps: Steps, wait: Step) -> Received:
     """In a pool thread: the wait a receive stopped at, then the rest of its plan."""
-    with layer._guard(wait.shards, wait.index, "receive"):
-        reply = run_step(layer, wait)
-    return _drive(layer, steps, reply, until_wait=False)[0]
+    reply, error = run_guarded(layer, wait)
+    return _drive(layer, steps, reply, until_wait=False, error=error)[0]
 
 
 def _loop_clients(layer: Any) -> weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClients]:

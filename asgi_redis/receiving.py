@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import math
 import random
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, NamedTuple, Optional, Tuple
 
 import redis
 
 from . import scripts, waiting
+from .errors import LayerConnectionError
+
+logger = logging.getLogger("asgi_redis")
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connections import ShardSet
@@ -108,14 +113,13 @@ class ReceivePlan:
     def run_steps(self, block: bool, timeout: Optional[float] = None) -> Tuple[Optional[str], Optional[dict]]:
         """Carry out :meth:`steps` with blocking redis-py calls."""
         steps = self.steps(block, timeout)
-        reply = None
+        reply, error = None, None
         while True:
             try:
-                step = steps.send(reply)
+                step = next_step(steps, reply, error)
             except StopIteration as done:
                 return done.value
-            with self.layer._guard(step.shards, step.index, "receive"):
-                reply = run_step(self.layer, step)
+            reply, error = run_guarded(self.layer, step)
 
     def steps(self, block: bool, timeout: Optional[float] = None) -> Steps:
         """The receive as a generator of :class:`Step`; each yield is sent the call's reply.
@@ -142,10 +146,15 @@ class ReceivePlan:
     def _sweep(self) -> Generator[Step, Any, Tuple[Optional[Found], bool]]:
         """One pop.lua call per shard; (message or None, whether one was dropped)."""
         dropped = False
-        for shards, index, keys in self.targets:
+        for target in list(self.targets):
+            shards, index, keys = target
             if len(keys) > 1:
                 keys = random.sample(keys, len(keys))  # no channel starves the others
-            reply = yield Step(POP, shards, index, keys)
+            try:
+                reply = yield Step(POP, shards, index, keys)
+            except LayerConnectionError:
+                self._lost(target)
+                continue
             if reply:
                 found = self.layer._decode(reply[0], reply[1])
                 if found is not None:
@@ -157,12 +166,17 @@ class ReceivePlan:
         """BLPOP until a message arrives or the deadline passes; None for nothing."""
         slice_length = None if len(self.targets) == 1 else self.layer.shard_poll_interval
         while True:
-            for shards, index, keys in self.targets:
+            for target in list(self.targets):
+                shards, index, keys = target
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 timeout = min(remaining, slice_length or remaining, _block_limit(shards.client(index)))
-                reply = yield Step(BLPOP, shards, index, keys, timeout)
+                try:
+                    reply = yield Step(BLPOP, shards, index, keys, timeout)
+                except LayerConnectionError:
+                    self._lost(target)
+                    return None  # look again on the shards left
                 if not reply:
                     continue
                 body = yield Step(TAKE_BODY, shards, index, [reply[1]])
@@ -171,6 +185,35 @@ class ReceivePlan:
                 found = self.layer._decode(reply[0], body)
                 if found is not None:
                     return found
+
+
+    def _lost(self, target: Tuple[ShardSet, int, List[str]]) -> None:
+        """A shard failed: go on with the others; with none left, the error stands.
+
+        Normal channels are spread over every shard, so one shard down must not
+        stop receives from the others (nothing was popped from the failed one)."""
+        error = sys.exc_info()[1]
+        remaining = [kept for kept in self.targets if kept is not target]
+        if not remaining:
+            raise error
+        logger.warning("receive goes on without a shard: %s", error)
+        self.targets = remaining
+
+
+def next_step(steps: Steps, reply: Any, error: Optional[BaseException]) -> Step:
+    """Advance a plan: send it the last step's reply, or throw that step's connection error in."""
+    if error is not None:
+        return steps.throw(error)
+    return steps.send(reply)
+
+
+def run_guarded(layer: Any, step: Step) -> Tuple[Any, Optional[LayerConnectionError]]:
+    """``(reply, None)``, or ``(None, error)`` when the step's shard failed (see ``_lost``)."""
+    try:
+        with layer._guard(step.shards, step.index, "receive"):
+            return run_step(layer, step), None
+    except LayerConnectionError as error:
+        return None, error
 
 
 def run_step(layer: Any, step: Step) -> Any:
