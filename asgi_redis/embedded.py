@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import redis
 
@@ -71,11 +71,14 @@ class EmbeddedRedis:
     """One redis-server we start on a free loopback port; ``stop()`` ends only its pid."""
 
     def __init__(self, extra_config: Optional[List[str]] = None, port: Optional[int] = None,
-                 binary: Optional[str] = None, start: bool = True):
+                 binary: Optional[str] = None, start: bool = True, sentinel: bool = False,
+                 unix_socket: bool = False):
         self.binary = binary or find_redis_server()
         self.extra_config = list(extra_config or [])
         self.port = port or free_port()
+        self.sentinel = sentinel  # run as `redis-server CONFIG --sentinel`
         self.directory = tempfile.mkdtemp(prefix="asgi-redis-")
+        self.unix_socket = os.path.join(self.directory, "redis.sock") if unix_socket else None
         self.process: Optional[subprocess.Popen] = None
         if start:
             self.start()
@@ -83,6 +86,10 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        return ("127.0.0.1", self.port)
 
     @property
     def pid(self) -> Optional[int]:
@@ -93,23 +100,22 @@ class EmbeddedRedis:
         return os.path.join(self.directory, "redis.log")
 
     def config_lines(self) -> List[str]:
-        return [
-            f"port {self.port}",
-            "bind 127.0.0.1",
-            f"dir {self.directory}",
-            "save ''",
-            "appendonly no",
-            "daemonize no",
-            f"logfile {self.log_path}",
-        ] + self.extra_config
+        lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.directory}", "daemonize no",
+                 f"logfile {self.log_path}"]
+        if not self.sentinel:  # a sentinel refuses persistence settings
+            lines += ["save ''", "appendonly no"]
+        if self.unix_socket:
+            lines += [f"unixsocket {self.unix_socket}", "unixsocketperm 700"]
+        return lines + self.extra_config
 
     def start(self, timeout: float = 10.0) -> None:
-        config_path = os.path.join(self.directory, "redis.conf")
-        with open(config_path, "w") as handle:
-            handle.write("\n".join(self.config_lines()) + "\n")
-        self.process = subprocess.Popen(
-            [self.binary, config_path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        config_path = os.path.join(self.directory, "sentinel.conf" if self.sentinel else "redis.conf")
+        # a sentinel keeps what it learnt in its config file: a restart must not reset it
+        if not (self.sentinel and os.path.exists(config_path)):
+            with open(config_path, "w") as handle:
+                handle.write("\n".join(self.config_lines()) + "\n")
+        command = [self.binary, config_path] + (["--sentinel"] if self.sentinel else [])
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             self.wait_ready(timeout)
         except BaseException:
@@ -124,6 +130,8 @@ class EmbeddedRedis:
                 try:
                     client.ping()
                     return
+                except (redis.AuthenticationError, redis.ResponseError):
+                    return  # it answers; it wants a password
                 except redis.ConnectionError:
                     if self.process.poll() is not None:
                         raise RuntimeError(
@@ -167,6 +175,11 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (data is not kept)."""
+        self.stop()
+        self.start()
 
     def close(self) -> None:
         self.stop()
