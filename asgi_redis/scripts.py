@@ -63,11 +63,16 @@ def run_pipeline(client: Any, calls: Sequence[tuple]) -> list:
     return results
 
 
-def _load(name: str) -> LuaScript:
-    source = pkgutil.get_data(__name__.rpartition(".")[0], f"lua/{name}.lua")
+def load_script(package: str, name: str) -> LuaScript:
+    """``<package>/lua/<name>.lua`` as a LuaScript; a missing file fails the import."""
+    source = pkgutil.get_data(package, f"lua/{name}.lua")
     if source is None:  # pragma: no cover - only for exotic loaders
-        raise ImportError(f"asgi_redis/lua/{name}.lua is missing from the package")
+        raise ImportError(f"{package.replace('.', '/')}/lua/{name}.lua is missing from the package")
     return LuaScript(name, source)
+
+
+def _load(name: str) -> LuaScript:
+    return load_script(__name__.rpartition(".")[0], name)
 
 
 SEND = _load("send")

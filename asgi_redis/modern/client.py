@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import itertools
 import logging
-import pkgutil
 import threading
 import time
 from collections import defaultdict
@@ -23,7 +22,7 @@ import msgpack
 import redis
 
 from .. import errors
-from ..scripts import LuaScript
+from ..scripts import LuaScript, load_script
 from . import wire
 from .hosts import decode_hosts, describe_host, make_client
 
@@ -43,10 +42,7 @@ class ChannelFull(errors.ChannelFull, _ChannelsChannelFull):  # type: ignore[mis
 
 
 def _load(name: str) -> LuaScript:
-    source = pkgutil.get_data(__name__.rpartition(".")[0], f"lua/{name}.lua")
-    if source is None:  # pragma: no cover - only for exotic loaders
-        raise ImportError(f"asgi_redis/modern/lua/{name}.lua is missing from the package")
-    return LuaScript(name, source)
+    return load_script(__name__.rpartition(".")[0], name)
 
 
 DELIVER = _load("deliver")
