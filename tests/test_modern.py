@@ -26,8 +26,14 @@ from .servers import RedisProcess  # noqa: E402
 KEYS = ["first secret", "older secret"]
 
 
-def run(coroutine):
-    return asyncio.run(coroutine)
+_loop = asyncio.new_event_loop()
+
+
+def run(coroutine, timeout=60):
+    """channels_redis's side, in one event loop for the module as in a real consumer
+    process (a fresh loop per call once left its receive stuck on a loaded machine);
+    a stall fails the test instead of hanging the run."""
+    return _loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
 
 
 def receive_all(layer, channels, timeout=10):
