@@ -33,6 +33,7 @@ setup(
         "plot": ["matplotlib>=3.5"],
         "tests": [
             "pytest>=7",
+            "pytest-timeout>=2",
             "hypothesis>=6",
             "asgiref~=1.1.2",
             "six",
