@@ -43,16 +43,13 @@ def raw(redis_server):
     client.close()
 
 
-@pytest.fixture
-def make_layer(redis_server):
-    """Build layers on the test server; every one is flushed before and after."""
+def built_layers(layer_class, **defaults):
+    """Body of a ``make_layer``-style fixture: yields a builder; every layer it
+    built is flushed before use and flushed and closed after the test."""
     made = []
 
     def build(**config):
-        config.setdefault("hosts", [redis_server.url])
-        config.setdefault("expiry", 1)
-        config.setdefault("group_expiry", 2)
-        layer = RedisChannelLayer(**config)
+        layer = layer_class(**{**defaults, **config})
         layer.flush()
         made.append(layer)
         return layer
@@ -64,6 +61,12 @@ def make_layer(redis_server):
         except Exception:  # a test may have stopped the server on purpose
             pass
         layer.close()
+
+
+@pytest.fixture
+def make_layer(redis_server):
+    """Build layers on the test server; every one is flushed before and after."""
+    yield from built_layers(RedisChannelLayer, hosts=[redis_server.url], expiry=1, group_expiry=2)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from asgi_redis import LayerConnectionError, RedisSentinelChannelLayer, retry
 from asgi_redis.connections import shard_index
 from asgi_redis.sentinel import SentinelShards, parse_sentinel_hosts
 
+from .conftest import built_layers
 from .servers import free_port
 from .test_conformance import LayerConformance
 from .topology import SentinelTopology
@@ -47,24 +48,9 @@ def topology():
 @pytest.fixture
 def make_layer(topology):
     """Sentinel layers on the test topology, flushed before and after."""
-    made = []
-
-    def build(**config):
-        config.setdefault("hosts", topology.sentinel_addresses)
-        config.setdefault("expiry", 60)
-        config.setdefault("group_expiry", 60)
-        layer = RedisSentinelChannelLayer(**config)
-        layer.flush()
-        made.append(layer)
-        return layer
-
-    yield build
-    for layer in made:
-        try:
-            layer.flush()
-        except LayerConnectionError:
-            pass
-        layer.close()
+    yield from built_layers(
+        RedisSentinelChannelLayer, hosts=topology.sentinel_addresses, expiry=60, group_expiry=60
+    )
 
 
 def _raw(address):
