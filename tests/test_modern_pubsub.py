@@ -7,6 +7,7 @@ so a stall fails the test instead of hanging the run.
 """
 
 import asyncio
+import multiprocessing
 import threading
 import time
 
@@ -16,6 +17,7 @@ pytest.importorskip("channels_redis")
 
 from channels_redis.core import RedisChannelLayer  # noqa: E402
 from channels_redis.pubsub import RedisPubSubChannelLayer  # noqa: E402
+from channels_redis.serializers import JSONSerializer, registry  # noqa: E402
 from channels_redis.utils import _consistent_hash  # noqa: E402
 from cryptography.fernet import InvalidToken  # noqa: E402
 
@@ -278,6 +280,8 @@ def test_key_rotation_and_wrong_key(site, redis_server):
 
 def test_nobody_listening_means_gone(site, redis_server):
     producer, consumer = site([redis_server])
+    raw = redis_server.client()
+    keys_before = raw.dbsize()
     assert producer.send("nobody.here", {"type": "lost"}) == 0
     assert producer.group_send("empty", {"type": "lost"}) == 0
     layer = consumer()
@@ -289,7 +293,8 @@ def test_nobody_listening_means_gone(site, redis_server):
     assert producer.group_send("empty", {"type": "kept"}) == 1
     assert results([task]) == [{"type": "kept"}]
     assert receive_all(layer, [member]) == [{"type": "kept"}]
-    assert redis_server.client().dbsize() == 0  # nothing was ever stored
+    assert raw.dbsize() == keys_before  # nothing was ever stored
+    raw.close()
 
 
 def test_left_member_gets_nothing(site, redis_server):
@@ -371,6 +376,43 @@ def test_threads_share_one_producer(site, redis_server):
         thread.join()
     got = receive_all(layer, [channel] * 100)
     assert sorted((m["w"], m["i"]) for m in got) == [(w, i) for w in range(4) for i in range(25)]
+
+
+class SortedJSON(JSONSerializer):
+    def as_bytes(self, message, *args, **kwargs):
+        return super().as_bytes(message, sort_keys=True)
+
+
+def test_serializer_registered_with_channels_redis(site, redis_server):
+    registry.register_serializer("asgi-redis-test-sorted-json", SortedJSON)
+    producer, consumer = site([redis_server], serializer_format="asgi-redis-test-sorted-json",
+                              symmetric_encryption_keys=KEYS)
+    layer = consumer()
+    [channel] = new_channels(layer, 1)
+    until_subscribed([redis_server], [channel])
+    producer.send(channel, {"z": 1, "type": "custom"})
+    assert receive_all(layer, [channel]) == [{"type": "custom", "z": 1}]
+    assert SyncPubSubClient(serializer_format="asgi-redis-test-sorted-json")._codec.encode(
+        {"z": 1, "type": "t"}) == b'{"type": "t", "z": 1}'
+
+
+def _send_from_child(producer, channel):
+    producer.send(channel, {"type": "from.child"})
+
+
+def test_fork_after_use(site, redis_server):
+    producer, consumer = site([redis_server])
+    layer = consumer()
+    [channel] = new_channels(layer, 1)
+    until_subscribed([redis_server], [channel])
+    producer.send(channel, {"type": "from.parent"})  # the pool now holds a connection
+    child = multiprocessing.get_context("fork").Process(target=_send_from_child, args=(producer, channel))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    producer.send(channel, {"type": "parent.again"})
+    got = receive_all(layer, [channel] * 3)
+    assert [m["type"] for m in got] == ["from.parent", "from.child", "parent.again"]
 
 
 def test_sentinel_hosts():

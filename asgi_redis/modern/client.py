@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import msgpack
 import redis
@@ -24,6 +24,9 @@ from .. import errors
 from ..scripts import LuaScript, load_script
 from . import wire
 from .hosts import decode_hosts, describe_host, make_client
+
+if TYPE_CHECKING:
+    from .settings import Producer
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ class SyncChannelsRedisClient:
 
     @classmethod
     def from_settings(cls, alias: str = "default",
-                      channel_layers: Optional[Mapping[str, Any]] = None) -> Any:
+                      channel_layers: Optional[Mapping[str, Any]] = None) -> Producer:
         """The producer for the ``CHANNEL_LAYERS[alias]`` entry the async side uses.
 
         ``channel_layers`` defaults to Django's ``settings.CHANNEL_LAYERS``. The

@@ -15,7 +15,7 @@ lives in the memory of each consuming process; a producer cannot change it.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Sequence, Union
 
 import redis
 
@@ -23,6 +23,9 @@ from .. import errors
 from . import wire
 from .hosts import decode_hosts, describe_host, make_client
 from .pubsub_wire import PubSubCodec, group_channel, server_of
+
+if TYPE_CHECKING:
+    from .settings import Producer
 
 
 class GroupMembershipError(RuntimeError):
@@ -37,8 +40,10 @@ class SyncPubSubClient:
     """Publish to channels and groups of ``RedisPubSubChannelLayer`` from sync code.
 
     Takes that layer's keywords (or use :meth:`from_settings` on the same
-    ``CHANNEL_LAYERS`` entry). Safe to share between threads; after a fork
-    the connection pools reconnect by themselves.
+    ``CHANNEL_LAYERS`` entry). Names must be valid Channels names, as on
+    every other layer (the pub/sub layer itself does not check), so code that
+    works here keeps working after a switch. Safe to share between threads;
+    after a fork the connection pools reconnect by themselves.
     """
 
     def __init__(
@@ -59,7 +64,7 @@ class SyncPubSubClient:
 
     @classmethod
     def from_settings(cls, alias: str = "default",
-                      channel_layers: Optional[Mapping[str, Any]] = None) -> Any:
+                      channel_layers: Optional[Mapping[str, Any]] = None) -> Producer:
         """The producer for ``CHANNEL_LAYERS[alias]``, whichever channels_redis layer it names.
 
         The same as :meth:`SyncChannelsRedisClient.from_settings`: the
