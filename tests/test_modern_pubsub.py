@@ -495,6 +495,23 @@ def test_switching_layers_needs_no_producer_change(redis_server, backend):
         run(layer.flush())
 
 
+def test_prefix_outside_channels_name_rules(site, redis_server):
+    """new_channel() names start with the prefix, whatever characters it has."""
+    producer, consumer = site([redis_server], prefix="my:app ")
+    layer = consumer()
+    [channel] = new_channels(layer, 1)
+    [member] = new_channels(layer, 1)
+    join(layer, "g", [member])
+    assert channel.startswith("my:app specific.")
+    until_subscribed([redis_server], [channel, "my:app __group__g"])
+    assert producer.send(channel, {"type": "ok"}) == 1
+    assert producer.group_send("g", {"type": "ok"}) == 1
+    assert receive_all(layer, [channel, member]) == [{"type": "ok"}] * 2
+    for bad in ("my:app bad name", "my:app ", "other:specific.x"):
+        with pytest.raises(TypeError, match=repr(bad)):
+            producer.send(bad, {"type": "x"})
+
+
 def test_bad_arguments():
     producer = SyncPubSubClient(hosts=["redis://127.0.0.1:1"])
     with pytest.raises(TypeError, match="bad name!"):

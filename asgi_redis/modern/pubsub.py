@@ -42,7 +42,8 @@ class SyncPubSubClient:
     Takes that layer's keywords (or use :meth:`from_settings` on the same
     ``CHANNEL_LAYERS`` entry). Names must be valid Channels names, as on
     every other layer (the pub/sub layer itself does not check), so code that
-    works here keeps working after a switch. Safe to share between threads;
+    works here keeps working after a switch; a channel name may also be the
+    prefix followed by a valid name, as the layer's ``new_channel`` makes them. Safe to share between threads;
     after a fork the connection pools reconnect by themselves.
     """
 
@@ -83,7 +84,7 @@ class SyncPubSubClient:
         listening on the channel counts once; ``0`` means nobody was
         listening and the message is gone, as on the layer itself.
         """
-        wire.check_channel_name(channel)
+        self._check_channel_name(channel)
         body = self._encode(message)
         return self._publish(channel, body)
 
@@ -130,6 +131,19 @@ class SyncPubSubClient:
 
     # -- internals ------------------------------------------------------------
 
+    def _check_channel_name(self, channel: Any) -> None:
+        # The layer's new_channel() names are prefix + "specific." + hex, so a
+        # prefix such as "myapp:" puts characters Channels' rules refuse into
+        # them; such a name is valid when what follows the prefix is.
+        prefix = self.prefix
+        if isinstance(channel, str) and prefix and channel.startswith(prefix) and len(channel) > len(prefix):
+            try:
+                wire.check_channel_name(channel[len(prefix):])
+                return
+            except TypeError:
+                pass
+        wire.check_channel_name(channel)
+
     def _encode(self, message: Any) -> bytes:
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
@@ -142,7 +156,7 @@ class SyncPubSubClient:
 
     def _refuse_membership(self, method: str, group: str, channel: str) -> None:
         wire.check_group_name(group)
-        wire.check_channel_name(channel)
+        self._check_channel_name(channel)
         raise GroupMembershipError(
             f"{method}({group!r}, {channel!r}) cannot be done from a producer on "
             "channels_redis's pub/sub layer: a group's members live in the memory of the "
