@@ -1,0 +1,78 @@
+-- KEYS[1] the global statistics hash of the hash slot every other key is in;
+--   then for each run: its queue key (list), its channel statistics hash
+-- ARGV[1] now, unix ms by the sender's clock   ARGV[2] queue TTL in ms
+--   then for each run: capacity, entry count E, and E pairs of
+--   (messages the entry carries, the entry)
+-- Returns the number of messages refused because their channel was full.
+--
+-- Compact layout (docs/compact-layout.md): a queue entry holds its message, so
+-- a send writes one list and two counters. An entry reads
+-- "1" (layout version) + 13-digit expiry deadline in unix ms + kind + payload;
+-- a send_group entry for a process queue carries several messages (one per
+-- member channel it names) and counts once against capacity.
+
+local CHANNEL_STATS_TTL = 3600
+local GLOBAL_STATS_TTL = 86400
+-- Dead entries dropped per call beyond the room a send needs: entries expire in
+-- send order when every sender uses one expiry, so they sit at the head; each
+-- is dropped once, paid back by the send that queued it.
+local TRIM_LIMIT = 100
+
+local now = tonumber(ARGV[1])
+local queue_ttl = ARGV[2]
+
+local function trim_dead_head(queue, wanted)
+    local dropped = 0
+    while dropped < wanted + TRIM_LIMIT do
+        local head = redis.call('LINDEX', queue, 0)
+        if not head or tonumber(string.sub(head, 2, 14)) > now then
+            break
+        end
+        redis.call('LPOP', queue)
+        dropped = dropped + 1
+    end
+    return dropped
+end
+
+local sent_total, full_total = 0, 0
+local arg = 3
+for k = 2, #KEYS, 2 do
+    local queue, stats = KEYS[k], KEYS[k + 1]
+    local capacity = tonumber(ARGV[arg])
+    local entries = tonumber(ARGV[arg + 1])
+    arg = arg + 2
+    local room = capacity - redis.call('LLEN', queue)
+    if room < entries then
+        room = room + trim_dead_head(queue, entries - room)
+    end
+    local queued, sent, full = {}, 0, 0
+    for j = 1, entries do
+        if j <= room then
+            queued[j] = ARGV[arg + 1]
+            sent = sent + tonumber(ARGV[arg])
+        else
+            full = full + tonumber(ARGV[arg])
+        end
+        arg = arg + 2
+    end
+    if sent > 0 then
+        redis.call('RPUSH', queue, unpack(queued))
+        redis.call('PEXPIRE', queue, queue_ttl)
+        redis.call('HINCRBY', stats, 'messages_count', sent)
+    end
+    if full > 0 then
+        redis.call('HINCRBY', stats, 'channel_full_count', full)
+    end
+    redis.call('EXPIRE', stats, CHANNEL_STATS_TTL)
+    sent_total = sent_total + sent
+    full_total = full_total + full
+end
+
+if sent_total > 0 then
+    redis.call('HINCRBY', KEYS[1], 'messages_count', sent_total)
+end
+if full_total > 0 then
+    redis.call('HINCRBY', KEYS[1], 'channel_full_count', full_total)
+end
+redis.call('EXPIRE', KEYS[1], GLOBAL_STATS_TTL)
+return full_total
