@@ -73,6 +73,7 @@ class RedisLocalChannelLayer(RedisChannelLayer):
         local_layer: Any = None,
         local_layer_config: Optional[Dict[str, Any]] = None,
         local_connection_kwargs: Optional[Dict[str, Any]] = None,
+        layout: str = "classic",
         **kwargs: Any,
     ) -> None:
         _check_local_settings(local_hosts, local_layer, local_layer_config, local_connection_kwargs)
@@ -82,7 +83,7 @@ class RedisLocalChannelLayer(RedisChannelLayer):
         self.local_layer: Any = None
         super().__init__(
             expiry=expiry, hosts=hosts, prefix=prefix, group_expiry=group_expiry,
-            capacity=capacity, channel_capacity=channel_capacity, **kwargs,
+            capacity=capacity, channel_capacity=channel_capacity, layout=layout, **kwargs,
         )
         self._owns_local_layer = isinstance(local_layer, str)
         if local_layer is not None:
