@@ -31,6 +31,15 @@ class LuaScript:
                 client.script_load(self.source)
         return client.evalsha(self.sha, len(keys), *keys, *args)
 
+    async def call_async(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        """The same with a redis.asyncio client."""
+        for _ in range(2):
+            try:
+                return await client.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await client.script_load(self.source)
+        return await client.evalsha(self.sha, len(keys), *keys, *args)
+
     def queue(self, pipeline: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> None:
         """Add a call to a pipeline; see run_pipeline for the NOSCRIPT handling."""
         pipeline.evalsha(self.sha, len(keys), *keys, *args)

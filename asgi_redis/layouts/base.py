@@ -20,6 +20,7 @@ Key names
   ``queue_key(name, tag=None) -> bytes``  queue of a non-local name; ``tag``
       is a bucket/slot tag the router may choose for normal channels
   ``channel_of(queue_key) -> str``        the reverse (queue key -> name)
+  ``group_key(group) -> str``            the key of a group (the CLI and bench read it)
   ``new_channel_probe(name) -> Command``  reply truthy when the name is taken
   ``scan_patterns() -> list[str]``        glob patterns of every key it owns
 Routing
@@ -116,6 +117,9 @@ class Layout:
         raise NotImplementedError
 
     def channel_of(self, queue_key: bytes) -> str:
+        raise NotImplementedError
+
+    def group_key(self, group: str) -> str:
         raise NotImplementedError
 
     def new_channel_probe(self, name: str) -> Command:
