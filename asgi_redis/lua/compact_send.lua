@@ -13,9 +13,14 @@
 
 local CHANNEL_STATS_TTL = 3600
 local GLOBAL_STATS_TTL = 86400
--- Dead entries dropped per call beyond the room a send needs: entries expire in
--- send order when every sender uses one expiry, so they sit at the head; each
--- is dropped once, paid back by the send that queued it.
+-- Expired entries never count against capacity. Entries expire in send order
+-- when every sender uses one expiry, so the dead ones sit at the head: a send
+-- that finds no room drops them from there, stopping at the first live one, at
+-- most TRIM_LIMIT beyond the room it needs (each is dropped once, paid back by
+-- the send that queued it). A refused send thus costs about what an accepted
+-- one does, whatever the capacity. Left as it is: with mixed expiry settings on
+-- one channel, a live long-lived head entry hides dead short-lived ones behind
+-- it until it is received or expires (receivers drop those, never deliver them).
 local TRIM_LIMIT = 100
 
 local now = tonumber(ARGV[1])
@@ -25,8 +30,9 @@ local function trim_dead_head(queue, wanted)
     local dropped = 0
     while dropped < wanted + TRIM_LIMIT do
         local head = redis.call('LINDEX', queue, 0)
-        if not head or tonumber(string.sub(head, 2, 14)) > now then
-            break
+        local deadline = head and tonumber(string.sub(head, 2, 14))
+        if not deadline or deadline > now then
+            break  -- live (or not an entry of this layout: left for the receiver to refuse)
         end
         redis.call('LPOP', queue)
         dropped = dropped + 1
@@ -40,23 +46,27 @@ for k = 2, #KEYS, 2 do
     local queue, stats = KEYS[k], KEYS[k + 1]
     local capacity = tonumber(ARGV[arg])
     local entries = tonumber(ARGV[arg + 1])
-    arg = arg + 2
-    local room = capacity - redis.call('LLEN', queue)
-    if room < entries then
-        room = room + trim_dead_head(queue, entries - room)
-    end
-    local queued, sent, full = {}, 0, 0
+    local first = arg + 2
+    arg = first + 2 * entries
+    local counts, queued, sent = {}, {}, 0
     for j = 1, entries do
-        if j <= room then
-            queued[j] = ARGV[arg + 1]
-            sent = sent + tonumber(ARGV[arg])
-        else
-            full = full + tonumber(ARGV[arg])
-        end
-        arg = arg + 2
+        counts[j] = tonumber(ARGV[first + 2 * j - 2])
+        queued[j] = ARGV[first + 2 * j - 1]
+        sent = sent + counts[j]
     end
+    -- push first and undo what does not fit: an accepted send (the usual case)
+    -- then costs one list command instead of LLEN + RPUSH
+    local over = redis.call('RPUSH', queue, unpack(queued)) - capacity
+    if over > 0 then
+        over = over - trim_dead_head(queue, over)
+    end
+    local full = 0
+    for j = entries, math.max(1, entries - over + 1), -1 do
+        redis.call('RPOP', queue)  -- ours: the script runs alone, they are the tail
+        full = full + counts[j]
+    end
+    sent = sent - full
     if sent > 0 then
-        redis.call('RPUSH', queue, unpack(queued))
         redis.call('PEXPIRE', queue, queue_ttl)
         redis.call('HINCRBY', stats, 'messages_count', sent)
     end
