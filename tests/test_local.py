@@ -484,3 +484,17 @@ class TestConformanceAsgirefLocalLayer(LayerConformance):
     @classmethod
     def layer_config(cls):
         return {"hosts": [_remote().url], "local_layer": "asgiref.inmemory.ChannelLayer"}
+
+
+class TestConformanceLocalHostsCompact(TestConformanceLocalHosts):
+    @classmethod
+    def layer_config(cls):
+        return {**super().layer_config(), "layout": "compact"}
+
+
+class TestConformanceLocalLayerPathCompact(TestConformanceLocalLayerPath):
+    @classmethod
+    def layer_config(cls):
+        config = super().layer_config()
+        config["local_layer_config"] = {**config["local_layer_config"], "layout": "compact"}
+        return {**config, "layout": "compact"}
