@@ -21,7 +21,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 import msgpack
 import redis
 
-from .. import errors
+from .. import errors, spec
+from ..keyspace import glob_escape, scan_batches
 from ..scripts import LuaScript, load_script
 from . import wire
 from .hosts import decode_hosts, describe_host, make_client
@@ -85,7 +86,7 @@ class SyncChannelsRedisClient:
         self.expiry = _positive_int("expiry", expiry)
         self.group_expiry = _positive_int("group_expiry", group_expiry)
         self.capacity = _positive_int("capacity", capacity)
-        self.channel_capacity = wire.compile_capacities(channel_capacity)
+        self.channel_capacity = spec.CapacityTable(self.capacity, channel_capacity)
         self.hosts = decode_hosts(hosts)
         self._codec = wire.MessageCodec(serializer_format, symmetric_encryption_keys,
                                         random_prefix_length, self.expiry)
@@ -133,7 +134,7 @@ class SyncChannelsRedisClient:
             with self._rotation_lock:
                 index = next(self._rotation)
         key = wire.channel_key(self.prefix, channel)
-        capacity = wire.capacity_for(channel, self.channel_capacity, self.capacity)
+        capacity = self.channel_capacity.for_channel(channel)
         body = self._codec.encode(message)
         with self._shard(index) as client:
             full = DELIVER(client, [key], [body, capacity, *self._message_clock()])
@@ -166,23 +167,17 @@ class SyncChannelsRedisClient:
         """
         wire.check_group_name(group)
         self._check_message(message)
-        if len(self._clients) == 1 and self._codec.splicable and not self.channel_capacity:
+        if len(self._clients) == 1 and self._codec.splicable and not self.channel_capacity.patterned:
             self._group_send_in_redis(group, message)
         else:
             self._group_send_in_two_steps(group, message)
 
     def flush(self) -> None:
         """Delete every key under ``prefix`` on every shard, as channels_redis's flush does."""
-        pattern = _glob_escape(self.prefix) + "*"
+        pattern = glob_escape(self.prefix) + "*"
         for index in range(len(self._clients)):
             with self._shard(index) as client:
-                batch: List[bytes] = []
-                for key in client.scan_iter(match=pattern, count=1000):
-                    batch.append(key)
-                    if len(batch) >= 1000:
-                        client.delete(*batch)
-                        batch = []
-                if batch:
+                for batch in scan_batches(client, pattern, 1000):
                     client.delete(*batch)
 
     def close(self) -> None:
@@ -230,7 +225,7 @@ class SyncChannelsRedisClient:
         for index, keys in by_shard.items():
             bodies = [self._codec.encode({**message, wire.CHANNEL_FIELD: channels_by_key[key]})
                       for key in keys]
-            capacities = [wire.capacity_for(channels_by_key[key][0], self.channel_capacity, self.capacity)
+            capacities = [self.channel_capacity.for_channel(channels_by_key[key][0])
                           for key in keys]
             with self._shard(index) as client:
                 full += len(DELIVER(client, keys, [*bodies, *capacities, *self._message_clock()]))
@@ -277,6 +272,3 @@ def _speaks_our_format(backend: Any) -> bool:
         return False
     return isinstance(backend_class, type) and issubclass(backend_class, RedisChannelLayer)
 
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
