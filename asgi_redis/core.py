@@ -287,7 +287,7 @@ class RedisChannelLayer(ExtensionsMixin):
         grouped: Dict[Tuple[int, int], Tuple[ShardSet, int, List[bytes]]] = {}
         for name in names:
             for shards, index in self._targets_for(name):
-                grouped.setdefault((id(shards), index), (shards, index, []))[2].append(self.layout.queue_key(name))
+                grouped.setdefault((id(shards), index), (shards, index, []))[2].extend(self.layout.receive_keys(name))
         return [
             (shards, index, keys)
             for shards, index, all_keys in grouped.values()
