@@ -55,7 +55,7 @@ class RedisChannelLayer(ExtensionsMixin):
     default_hosts: Sequence[Any] = [("localhost", 6379)]
     blpop_timeout = 5  # seconds a blocking receive waits before (None, None)
     shard_poll_interval = 0.02  # per-shard BLPOP slice when servers cannot cancel a wait (Redis < 5)
-    global_stats_key = "#global#"
+    global_stats_key = "#global#"  # the classic layout's global statistics name (the CLI reads it)
     new_channel_suffix_length = 12
 
     def __init__(
