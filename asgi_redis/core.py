@@ -55,7 +55,7 @@ class RedisChannelLayer(ExtensionsMixin):
     default_hosts: Sequence[Any] = [("localhost", 6379)]
     blpop_timeout = 5  # seconds a blocking receive waits before (None, None)
     shard_poll_interval = 0.02  # per-shard BLPOP slice when servers cannot cancel a wait (Redis < 5)
-    global_stats_key = "#global#"
+    global_stats_key = "#global#"  # the classic layout's global statistics name (the CLI reads it)
     new_channel_suffix_length = 12
 
     def __init__(
@@ -310,7 +310,7 @@ class RedisChannelLayer(ExtensionsMixin):
         grouped: Dict[Tuple[int, int], Tuple[ShardSet, int, List[bytes]]] = {}
         for name in names:
             for shards, index in self._targets_for(name):
-                grouped.setdefault((id(shards), index), (shards, index, []))[2].append(self.layout.queue_key(name))
+                grouped.setdefault((id(shards), index), (shards, index, []))[2].extend(self.layout.receive_keys(name))
         return [
             (shards, index, keys)
             for shards, index, all_keys in grouped.values()

@@ -24,7 +24,6 @@ A blocking receive that involves both sides waits on both at once
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 from contextlib import contextmanager
@@ -211,6 +210,9 @@ class RedisLocalChannelLayer(RedisChannelLayer):
     def receive_twisted(self, channels: Iterable[str]) -> Any:
         """The Twisted extension; with a ``local_layer`` it is not offered."""
         self._require_local("twisted")
+        # Unlike the plain layer (which first looks in the reactor thread), a
+        # receive spanning the local and the remote Redis goes to the pool at
+        # once: one sweep, not two, when nothing is waiting.
         targets = self._spread_targets(channels)
         if targets is None:
             return super().receive_twisted(channels)
@@ -219,13 +221,8 @@ class RedisLocalChannelLayer(RedisChannelLayer):
     async def receive_async(self, channels: Iterable[str]) -> Received:
         """The asyncio extension; with a ``local_layer`` it is not offered."""
         self._require_local("asyncio")
-        targets = self._spread_targets(channels)
-        if targets is None:
-            return await super().receive_async(channels)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, self._receive_everywhere, [], targets, True, self.extension_receive_timeout
-        )
+        # a receive spanning both Redis servers runs in the executor (the engine decides)
+        return await super().receive_async(channels)
 
     def _spread_targets(self, channels: Iterable[str]) -> Optional[List[Target]]:
         """The targets of an extension receive when they span several servers, else None.

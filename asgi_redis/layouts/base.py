@@ -19,6 +19,9 @@ Contract summary (every method is required unless it has a body here):
 Key names
   ``queue_key(name, tag=None) -> bytes``  queue of a non-local name; ``tag``
       is a bucket/slot tag the router may choose for normal channels
+  ``receive_keys(name) -> list[bytes]``   every queue key where messages for a
+      name may wait on one server (default: its one ``queue_key``; a layout
+      spreading normal channels over bucket tags lists one key per bucket)
   ``channel_of(queue_key) -> str``        the reverse (queue key -> name)
   ``group_key(group) -> str``            the key of a group (the CLI and bench read it)
   ``new_channel_probe(name) -> Command``  reply truthy when the name is taken
@@ -115,6 +118,10 @@ class Layout:
 
     def queue_key(self, name: str, tag: Optional[str] = None) -> bytes:
         raise NotImplementedError
+
+    def receive_keys(self, name: str) -> List[bytes]:
+        """Every queue key a receive on ``name`` looks at on one server."""
+        return [self.queue_key(name)]
 
     def channel_of(self, queue_key: bytes) -> str:
         raise NotImplementedError
