@@ -88,8 +88,8 @@ class CompactLayout(Layout):
         tag, _, rest = queue_key[len(self._queue_base):].partition(b"}")
         return (rest or tag).decode("utf8")
 
-    def group_key(self, group: str) -> bytes:
-        return self._queue_base + group.encode("utf8") + b"}:group"
+    def group_key(self, group: str) -> str:
+        return f"{self.settings.prefix}c1{{{group}}}:group"
 
     def stats_key(self, queue_key: bytes) -> bytes:
         """The channel counters beside a queue (same tag, so same slot)."""
