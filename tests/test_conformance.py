@@ -106,3 +106,30 @@ class TestCapacityMap(LayerConformance):
             "capacity": 100,
             "channel_capacity": {re.compile(r"^cap_"): 5, "capp!": 5, "*": 5},
         }
+
+
+# -- the compact layout (layout="compact"): the same suite, every configuration --
+
+
+class TestCompactPlain(TestPlain):
+    @classmethod
+    def layer_config(cls):
+        return {**super().layer_config(), "layout": "compact"}
+
+
+class TestCompactEncrypted(TestEncrypted):
+    @classmethod
+    def layer_config(cls):
+        return {**super().layer_config(), "layout": "compact"}
+
+
+class TestCompactSharded(TestSharded):
+    @classmethod
+    def layer_config(cls):
+        return {**super().layer_config(), "layout": "compact"}
+
+
+class TestCompactCapacityMap(TestCapacityMap):
+    @classmethod
+    def layer_config(cls):
+        return {**super().layer_config(), "layout": "compact"}

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer, waiting
+from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer
+from asgi_redis.receive import waiting
 
 from .servers import RedisProcess
 from .test_conformance import LayerConformance
@@ -285,7 +286,7 @@ def test_without_client_unblock_a_mixed_wait_still_works(make_local, remote_raw,
             timer.start()
             assert layer.receive(["http.request", "reply?a"], block=True) == (target, {"n": round_number})
             timer.join()
-        assert layer._client_unblock is False
+        assert layer.quirks.client_unblock is False
     finally:
         layer.close()
         for raw in (remote_raw, local_raw):
@@ -483,3 +484,17 @@ class TestConformanceAsgirefLocalLayer(LayerConformance):
     @classmethod
     def layer_config(cls):
         return {"hosts": [_remote().url], "local_layer": "asgiref.inmemory.ChannelLayer"}
+
+
+class TestConformanceLocalHostsCompact(TestConformanceLocalHosts):
+    @classmethod
+    def layer_config(cls):
+        return {**super().layer_config(), "layout": "compact"}
+
+
+class TestConformanceLocalLayerPathCompact(TestConformanceLocalLayerPath):
+    @classmethod
+    def layer_config(cls):
+        config = super().layer_config()
+        config["local_layer_config"] = {**config["local_layer_config"], "layout": "compact"}
+        return {**config, "layout": "compact"}

@@ -513,3 +513,15 @@ def test_master_killed(make_layer, topology, start_receiver, service, refresh):
           f"{woke_after:.2f} s")
     assert woke_after < 10  # its BLPOP would have lasted 30 s
     topology.revive_as_replica(old_master, new)
+
+
+class TestSentinelCompactConformance(TestSentinelConformance):
+    @classmethod
+    def layer_config(cls):
+        return {**super().layer_config(), "layout": "compact"}
+
+
+class TestSentinelShardedCompactConformance(TestSentinelShardedConformance):
+    @classmethod
+    def layer_config(cls):
+        return {**super().layer_config(), "layout": "compact"}
