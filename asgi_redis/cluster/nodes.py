@@ -16,7 +16,8 @@ from urllib.parse import parse_qs, urlparse, urlunparse
 
 import redis
 
-from ..connections import describe, make_client, parse_hosts
+from ..clients import describe, make_client
+from ..connections import parse_hosts
 from .slotmap import Address
 
 DEFAULT_STARTUP_NODES = [("localhost", 6379)]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import redis
 from redis.exceptions import (
@@ -52,13 +52,24 @@ from redis.exceptions import (
 
 from .. import retry
 from ..errors import LayerConnectionError
-from ..scripts import LuaScript
+from ..scripts import Command, LuaScript
 from .keyslot import key_slot
 from .nodes import NodeClients, StartupNode, check_cluster_kwargs, describe_node, parse_startup_nodes
 from .slotmap import Address, SlotMap, parse_shards, parse_slots
 
-# One call: (LuaScript or command name, keys, args). All keys share one slot.
-Call = Tuple[Any, Sequence[Any], Sequence[Any]]
+
+class SlotCommand(NamedTuple):
+    """A command written as given (``("EVALSHA", sha, 1, key)``, ``("BLPOP", key, 1)``),
+    sent to the owner of ``slot``."""
+
+    args: Tuple[Any, ...]
+    slot: int
+
+
+# One call: (LuaScript or command name, keys, args) with all keys in one slot
+# (a layout's scripts.Call fits); a scripts.Command, routed by its first key
+# (``("ZREM", key, member)``); or a SlotCommand.
+Call = Union[Tuple[Any, Sequence[Any], Sequence[Any]], Command, SlotCommand]
 
 MAX_REDIRECTS = 5  # MOVED/ASK hops for one call before we call the cluster broken
 TRYAGAIN_TIMEOUT = 2.0  # seconds; a migration splits a slot's keys only while MIGRATE runs
@@ -88,6 +99,12 @@ class _Pending:
 
 def call_slot(call: Call) -> int:
     """The one slot every key of ``call`` hashes to; ValueError otherwise (a layout bug)."""
+    if isinstance(call, SlotCommand):
+        return call.slot
+    if isinstance(call, Command):
+        if len(call.args) < 2:
+            raise ValueError(f"command {call.args!r} names no key: the cluster cannot route it")
+        return key_slot(call.args[1])
     keys = call[1]
     if not keys:
         raise ValueError(f"call {_call_name(call)} names no key: the cluster cannot route it")
@@ -100,11 +117,21 @@ def call_slot(call: Call) -> int:
     return slot
 
 
-def _call_name(call: Call) -> str:
+def _call_name(call: Any) -> str:
+    if isinstance(call, (Command, SlotCommand)):
+        return str(call.args[0])
     return call[0].name if isinstance(call[0], LuaScript) else str(call[0])
 
 
+def _script(call: Call) -> Optional[LuaScript]:
+    if isinstance(call, (Command, SlotCommand)):
+        return None
+    return call[0] if isinstance(call[0], LuaScript) else None
+
+
 def _command(call: Call) -> tuple:
+    if isinstance(call, (Command, SlotCommand)):
+        return tuple(call.args)
     target, keys, args = call
     if isinstance(target, LuaScript):
         return ("EVALSHA", target.sha, len(keys), *keys, *args)
@@ -152,6 +179,11 @@ class ClusterRouter:
                 if current is None:
                     raise
         return current  # type: ignore[return-value]
+
+    @property
+    def cached_map(self) -> Optional[SlotMap]:
+        """The map as last read, without reading it (None before the first read)."""
+        return self._map
 
     def refresh(self, unless_newer_than: Optional[int] = None) -> SlotMap:
         """Read the slot map from the first node that answers: known masters, their
@@ -274,10 +306,10 @@ class ClusterRouter:
                     item.address, item.asking = self._redirect_address(reply, item), False
                 elif isinstance(reply, AskError):
                     item.address, item.asking = self._redirect_address(reply, item), True
-                elif isinstance(reply, NoScriptError) and isinstance(item.call[0], LuaScript):
+                elif isinstance(reply, NoScriptError) and _script(item.call) is not None:
                     scripts = preload.setdefault(item.address, [])  # type: ignore[arg-type]
-                    if item.call[0] not in scripts:
-                        scripts.append(item.call[0])
+                    if _script(item.call) not in scripts:
+                        scripts.append(_script(item.call))  # type: ignore[arg-type]
                     again.append(item)
                     continue
                 elif isinstance(reply, TryAgainError):
@@ -347,6 +379,11 @@ class ClusterRouter:
                          f"now ({reply}); a failover is probably under way", reply)
         if isinstance(reply, BusyLoadingError):
             return _wrap(f"{action} failed: Redis Cluster node {where} is loading its data ({reply})", reply)
+        if isinstance(reply, ResponseError) and str(reply).startswith("UNBLOCKED"):
+            # a BLPOP ended because the node stopped being a master: nothing was popped
+            self._stale = True
+            return _wrap(f"{action} failed: Redis Cluster node {where} stopped serving hash slot "
+                         f"{item.slot} ({reply}); a failover is probably under way", reply)
         return reply
 
     def _write_and_read(self, items: List[_Pending], preload: Dict[Address, List[LuaScript]],
@@ -436,4 +473,4 @@ def _wrap(message: str, cause: BaseException) -> LayerConnectionError:
     error.__cause__ = cause
     return error
 
-__all__ = ["Call", "ClusterRouter", "NotACluster", "call_slot"]
+__all__ = ["Call", "ClusterRouter", "NotACluster", "SlotCommand", "call_slot"]

@@ -20,7 +20,7 @@ UNCOVERED = -1  # no master serves the slot
 class SlotMap:
     """slot -> master address, plus each master's replicas (where to ask for a newer map)."""
 
-    __slots__ = ("_owners", "_masters", "replicas")
+    __slots__ = ("_owners", "_masters", "replicas", "_firsts")
 
     def __init__(self, owners: Sequence[int], masters: Sequence[Address],
                  replicas: Optional[Dict[Address, List[Address]]] = None):
@@ -29,6 +29,7 @@ class SlotMap:
         self._owners = list(owners)
         self._masters = list(masters)
         self.replicas: Dict[Address, List[Address]] = dict(replicas or {})
+        self._firsts: Optional[List[int]] = None
 
     @classmethod
     def from_ranges(cls, ranges: Iterable[Tuple[int, int, Address]],
@@ -50,6 +51,17 @@ class SlotMap:
         """The master serving ``slot``, or None when no node does."""
         index = self._owners[slot]
         return None if index == UNCOVERED else self._masters[index]
+
+    def first_slot_of_owner(self, slot: int) -> int:
+        """The lowest slot of the master owning ``slot``: one slot standing for that master."""
+        if self._firsts is None:
+            firsts = [-1] * len(self._masters)
+            for index, owner in enumerate(self._owners):
+                if owner != UNCOVERED and firsts[owner] == -1:
+                    firsts[owner] = index
+            self._firsts = firsts
+        owner = self._owners[slot]
+        return slot if owner == UNCOVERED else self._firsts[owner]
 
     def masters(self) -> List[Address]:
         """Every master owning at least one slot, in the order first seen."""
