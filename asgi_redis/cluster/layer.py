@@ -31,7 +31,7 @@ from ..core import DEFAULT_MAX_MESSAGE_SIZE, RedisChannelLayer
 from ..errors import LayerConnectionError
 from ..keyspace import scan_batches
 from ..receive.port import Target
-from ..scripts import Operation
+from ..scripts import LuaScript, Operation
 from .keyslot import SLOT_COUNT, key_slot
 from .layout import DEFAULT_BUCKETS, ClusterLayout
 from .nodes import describe_node
@@ -60,9 +60,16 @@ class SlotClient:
         return self.node().connection_pool
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        script = self.router.scripts.get(sha)
+        if script is not None:  # known: the router loads it wherever it is missing (ASK target too)
+            keys, args = keys_and_args[:numkeys], keys_and_args[numkeys:]
+            return self.router.run_one((script, keys, args), "receive")
         return self.router.run_one(SlotCommand(("EVALSHA", sha, numkeys, *keys_and_args), self.slot), "receive")
 
     def script_load(self, source: bytes) -> Any:
+        # told after a NOSCRIPT: from now on the router runs this script by itself
+        script = LuaScript("loaded", source)
+        self.router.scripts.setdefault(script.sha, script)
         return self.node().script_load(source)
 
     def blpop(self, keys: Sequence[Any], timeout: float = 0) -> Any:
@@ -186,6 +193,10 @@ class RedisClusterChannelLayer(RedisChannelLayer):
         self._receive_port.layout = self.layout
         self.router = ClusterRouter(hosts if hosts is not None else self.default_hosts,
                                     self.connection_kwargs, tryagain_timeout=self._tryagain_timeout)
+        # the receive engine runs the layout's pop through SlotClient.evalsha, which
+        # sees only its SHA: known by SHA, the router loads it where it is missing
+        pop = self.layout.pop_call([b"-"]).script
+        self.router.scripts[pop.sha] = pop
         self.slots = SlotShards(self.router)
         return self.slots
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import redis
@@ -158,6 +159,9 @@ class ClusterRouter:
         self._refresh_lock = threading.Lock()
         self._use_slots_command = False  # the server has no CLUSTER SHARDS (Redis < 7)
         self.generation = 0  # how many times the map was read (tests and statistics)
+        # redirections followed, by kind ("MOVED", "ASK", "TRYAGAIN", "NOSCRIPT"): for tests and figures
+        self.redirects: Counter = Counter()
+        self.scripts: Dict[str, LuaScript] = {}  # by SHA: scripts a SlotClient was asked to load
         try:
             self.refresh()
         except NotACluster:
@@ -300,6 +304,10 @@ class ClusterRouter:
             waiting: List[_Pending] = []
             moved = False
             for item, reply in replies:
+                if isinstance(reply, (AskError, NoScriptError, TryAgainError)):
+                    kind = "MOVED" if isinstance(reply, MovedError) else "ASK" if isinstance(reply, AskError) \
+                        else "NOSCRIPT" if isinstance(reply, NoScriptError) else "TRYAGAIN"
+                    self.redirects[kind] += 1
                 if isinstance(reply, MovedError):
                     moved = True
                     self._moved(item.slot, self._redirect_address(reply, item))
