@@ -9,7 +9,7 @@ statistics) is named with :func:`slot_tag` of that slot.
 from __future__ import annotations
 
 import string
-from typing import List, Optional
+from typing import List, Optional, Union
 
 SLOT_COUNT = 16384
 
@@ -45,8 +45,10 @@ def hash_tag(key: bytes) -> bytes:
     return key
 
 
-def key_slot(key: bytes) -> int:
+def key_slot(key: Union[bytes, str]) -> int:
     """The cluster slot of ``key`` (what CLUSTER KEYSLOT answers)."""
+    if isinstance(key, str):
+        key = key.encode("utf8")
     return crc16(hash_tag(key)) % SLOT_COUNT
 
 
