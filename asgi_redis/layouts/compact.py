@@ -39,6 +39,7 @@ CHANNEL_STATS = scripts.load_script("asgi_redis", "compact_channel_stats")
 VERSION = 1
 DEFAULT_BUCKET = "#0"
 FANOUT_CHUNK = 1000  # member channels named by one entry: bounds a receiver's buffer
+_SEND_KEYS_CACHED = 4096
 _STATS = ("messages_count", "channel_full_count")
 _VERSION_BYTE = b"1"
 _SINGLE, _FANOUT = b"m", b"f"
@@ -140,6 +141,7 @@ class CompactLayout(Layout):
         self._pending: Dict[bytes, Deque[Tuple[str, bytes, int]]] = {}
         self._pending_lock = threading.Lock()
         self._plain_pop = _PlainPop()
+        self._send_keys_cache: Dict[str, Tuple[bytes, bytes, bytes, int]] = {}
 
     # -- key names ---------------------------------------------------------------------
 
@@ -194,22 +196,32 @@ class CompactLayout(Layout):
         head = _VERSION_BYTE + b"%013d" % (now + self._expiry_ms)
         constants = [str(now).encode(), self._queue_ttl]
         by_slot: Dict[int, Tuple[List[bytes], List[Any]]] = {}
-        capacity_for = self.settings.capacity_for
         for queue, bodies in runs:
-            key = self.queue_key(queue)
+            key, stats, global_stats, slot = self._send_keys(queue)
             entries: List[Any] = []
             for body in bodies:
                 if isinstance(body, GroupEntry):
                     entries += self._fanout_entries(head, queue, body)
                 else:
                     entries += [1, head + _SINGLE + body]
-            slot = key_slot(key)
             call = by_slot.get(slot)
             if call is None:
-                call = by_slot[slot] = ([self.global_stats_key(key)], [*constants])
-            call[0].extend((key, self.stats_key(key)))
-            call[1].extend((capacity_for(queue), len(entries) // 2, *entries))
+                call = by_slot[slot] = ([global_stats], [*constants])
+            call[0].extend((key, stats))
+            call[1].extend((self.settings.capacity_for(queue), len(entries) // 2, *entries))
         return [Call(SEND, keys, args) for keys, args in by_slot.values()]
+
+    def _send_keys(self, queue: str) -> Tuple[bytes, bytes, bytes, int]:
+        """Queue key, its counters, its slot's global counters and the slot of a
+        queue, remembered for the queues sent to most (a send computes none of it again)."""
+        found = self._send_keys_cache.get(queue)
+        if found is None:
+            key = self.queue_key(queue)
+            found = (key, self.stats_key(key), self.global_stats_key(key), key_slot(key))
+            if len(self._send_keys_cache) >= _SEND_KEYS_CACHED:
+                self._send_keys_cache.clear()  # single-use ? names must not grow it without end
+            self._send_keys_cache[queue] = found
+        return found
 
     def _fanout_entries(self, head: bytes, queue: str, entry: GroupEntry) -> List[Any]:
         """(message count, entry) pairs naming at most FANOUT_CHUNK members each."""
