@@ -302,11 +302,14 @@ class CompactLayout(Layout):
         return [Command(("ZREM", self.group_key(group), channel))]
 
     def group_members_ops(self, group: str, now: float) -> List[Operation]:
+        # plain commands in one pipeline (one round trip): a script would copy every
+        # member into Lua and back, most of the Redis time of a large send_group
+        key = self.group_key(group)
         cutoff = int(now) - self.settings.group_expiry
-        return [Call(scripts.GROUP_MEMBERS, [self.group_key(group)], [cutoff])]
+        return [Command(("ZREMRANGEBYSCORE", key, 0, cutoff)), Command(("ZRANGE", key, 0, -1))]
 
     def read_group_members(self, replies: List[Any]) -> List[str]:
-        return [member.decode("utf8") for member in replies[0]]
+        return [member.decode("utf8") for member in replies[-1]]
 
     # -- statistics ----------------------------------------------------------------------------------
 
