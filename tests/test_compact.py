@@ -432,3 +432,21 @@ def test_pop_learns_that_lmpop_is_missing(compact, raw):
     error = __import__("redis").ResponseError("ERR unknown command 'LMPOP', with args beginning with: ")
     assert pop._learn(error) and not pop.lmpop
     assert not pop._learn(error)  # learned once; a second such error is real
+
+
+def test_fan_out_through_receive_async(compact):
+    import asyncio
+
+    for n in range(3):
+        compact.group_add("g", f"proc!{n}")
+
+    async def scenario():
+        try:
+            waiting = asyncio.ensure_future(compact.receive_async(["proc!"]))
+            await asyncio.sleep(0.2)  # blocked in its BLPOP by now
+            compact.send_group("g", {"hi": 1})
+            return [await waiting] + [await compact.receive_async(["proc!"]) for _ in range(2)]
+        finally:
+            await compact.close_async()
+
+    assert asyncio.run(scenario()) == [(f"proc!{n}", {"hi": 1}) for n in range(3)]
