@@ -77,8 +77,10 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
                   limit: int) -> ShardContents:
     """Channels (pending, oldest age) and groups (members) on one shard, up to ``limit`` of each."""
     contents = ShardContents(shard=description)
-    prefix = layer.prefix
-    group_prefix = f"{prefix}:group:"
+    compact = layer.layout.name == "compact"
+    prefix = layer.prefix + ("c1{" if compact else "")  # compact: only its own keys
+    group_prefix = prefix if compact else f"{prefix}:group:"
+    group_suffix = "}:group" if compact else ""
     for keys in scan_batches(client, prefix):
         contents.scanned += len(keys)
         types = _pipelined(client, [("type", key) for key in keys])
@@ -87,9 +89,9 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
             name = key.decode("utf8", "replace")
             kind = kind.decode() if isinstance(kind, bytes) else kind
             if kind == "list":
-                lists.append((key, name[len(prefix):]))
-            elif kind == "zset" and name.startswith(group_prefix):
-                groups.append((key, name[len(group_prefix):]))
+                lists.append((key, layer.layout.channel_of(key) if compact else name[len(prefix):]))
+            elif kind == "zset" and name.startswith(group_prefix) and name.endswith(group_suffix):
+                groups.append((key, name[len(group_prefix):len(name) - len(group_suffix)]))
             elif kind == "string":
                 contents.bodies += 1
             elif kind != "none":  # "none": expired between SCAN and TYPE
@@ -116,6 +118,13 @@ def _measure_channels(layer: RedisChannelLayer, client: redis.Redis,
         return []
     replies = _pipelined(client, [cmd for key, _ in lists for cmd in (("llen", key), ("lindex", key, 0))])
     oldest_keys = [replies[2 * i + 1] for i in range(len(lists))]
+    if layer.layout.name == "compact":  # the entry holds its deadline: no body key to ask
+        now = time.time()
+        return [
+            ChannelInfo(name=name, pending=int(replies[2 * i] or 0),
+                        oldest_age=_compact_age(layer, oldest_keys[i], now))
+            for i, (_, name) in enumerate(lists)
+        ]
     ttls = _pipelined(client, [("pttl", key) for key in oldest_keys if key is not None])
     ttls_iter = iter(ttls)
     found = []
@@ -127,6 +136,13 @@ def _measure_channels(layer: RedisChannelLayer, client: redis.Redis,
                 age = round(max(0.0, layer.expiry - ttl_ms / 1000.0), 3)
         found.append(ChannelInfo(name=name, pending=int(replies[2 * i] or 0), oldest_age=age))
     return found
+
+
+def _compact_age(layer: RedisChannelLayer, entry: Optional[bytes], now: float) -> Optional[float]:
+    deadline = entry[1:14] if entry else b""
+    if not deadline.isdigit():
+        return None
+    return round(max(0.0, layer.expiry - (int(deadline) / 1000.0 - now)), 3)
 
 
 def _measure_groups(layer: RedisChannelLayer, client: redis.Redis,
@@ -156,6 +172,8 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
     """Channel names that have statistics counters or a queue, at most ``limit``."""
     names: Dict[str, None] = {}
     global_part = layer.global_stats_key + ":"
+    if layer.layout.name == "compact":
+        return _compact_statistics_channels(layer, limit)
     for _, client in shards_of(layer):
         for keys in scan_batches(client, layer.stats_prefix):
             for key in keys:
@@ -174,6 +192,23 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
             if len(names) >= limit:
                 return sorted(names)[:limit]
     return sorted(names)
+
+
+def _compact_statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
+    """The same for the compact layout: its counter hashes are named as their queues."""
+    names: Dict[str, None] = {}
+    stats_base, queue_base = layer.stats_prefix + "c1{", (layer.prefix + "c1{").encode("utf8")
+    for _, client in shards_of(layer):
+        for keys in scan_batches(client, stats_base):
+            for key in keys:
+                if key.endswith(b"}#global"):
+                    continue
+                name = layer.layout.channel_of(queue_base + key[len(stats_base.encode("utf8")):])
+                if _is_channel_name(name):
+                    names[name] = None
+            if len(names) >= limit:
+                return sorted(names)[:limit]
+    return sorted(names)[:limit]
 
 
 def _is_channel_name(name: str) -> bool:

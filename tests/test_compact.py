@@ -308,7 +308,7 @@ def test_oldest_age_skips_expired_entries(make_compact, raw):
 
 def test_round_trips(compact, round_trips):
     compact.send("warm", {})
-    compact.receive(["warm"])
+    compact.receive(["warm", "warm!"])  # learns whether the server has LMPOP (Redis 7+)
     compact.group_add("warm", "warm")
     compact.send_group("warm", {})
     compact.receive(["warm"])
@@ -414,3 +414,39 @@ def test_layout_scripts_on_their_own(raw):
     popped = layout.read_pop(scripts.run(raw, [layout.pop_call([layout.queue_key("b?c")])])[0])
     assert popped.body == b"y" and layout.channel_of(popped.queue_key) == "b?c"
     raw.delete(*raw.keys("t*"))
+
+
+@pytest.mark.parametrize("lmpop", [True, False])
+def test_pop_over_several_queues_skips_expired_entries(compact, raw, lmpop):
+    compact.layout._plain_pop.lmpop = lmpop  # False: as on Redis < 7, the Lua pop
+    now = int(time.time() * 1000)
+    raw.rpush("asgi:c1{#0}first", b"1%013dm" % (now - 1) + compact.serializer.encode({"n": "dead"}))
+    compact.send("second", {"n": "live"})
+    assert compact.receive(["first", "second"]) == ("second", {"n": "live"})
+    assert compact.receive(["first", "second"]) == (None, None)
+    assert raw.llen("asgi:c1{#0}first") == 0  # the dead entry was dropped, not put back
+
+
+def test_pop_learns_that_lmpop_is_missing(compact, raw):
+    pop = compact.layout._plain_pop
+    error = __import__("redis").ResponseError("ERR unknown command 'LMPOP', with args beginning with: ")
+    assert pop._learn(error) and not pop.lmpop
+    assert not pop._learn(error)  # learned once; a second such error is real
+
+
+def test_fan_out_through_receive_async(compact):
+    import asyncio
+
+    for n in range(3):
+        compact.group_add("g", f"proc!{n}")
+
+    async def scenario():
+        try:
+            waiting = asyncio.ensure_future(compact.receive_async(["proc!"]))
+            await asyncio.sleep(0.2)  # blocked in its BLPOP by now
+            compact.send_group("g", {"hi": 1})
+            return [await waiting] + [await compact.receive_async(["proc!"]) for _ in range(2)]
+        finally:
+            await compact.close_async()
+
+    assert asyncio.run(scenario()) == [(f"proc!{n}", {"hi": 1}) for n in range(3)]

@@ -25,6 +25,8 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
+import redis
+
 from .. import scripts
 from ..keyspace import glob_escape
 from .base import Call, Command, GroupEntry, Layout, LayoutMismatch, LayoutSettings, Operation, Popped
@@ -37,6 +39,7 @@ CHANNEL_STATS = scripts.load_script("asgi_redis", "compact_channel_stats")
 VERSION = 1
 DEFAULT_BUCKET = "#0"
 FANOUT_CHUNK = 1000  # member channels named by one entry: bounds a receiver's buffer
+_SEND_KEYS_CACHED = 4096
 _STATS = ("messages_count", "channel_full_count")
 _VERSION_BYTE = b"1"
 _SINGLE, _FANOUT = b"m", b"f"
@@ -46,6 +49,67 @@ Body = Union[bytes, GroupEntry]
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _live(entry: bytes, now: int) -> bool:
+    """Whether a popped entry is to be handed over: live, or foreign (refused loudly later)."""
+    deadline = entry[1:14]
+    return entry[:1] != _VERSION_BYTE or not deadline.isdigit() or int(deadline) > now
+
+
+class _PlainPop:
+    """The non-blocking pop without a script: ``LPOP`` for one queue, ``LMPOP``
+    (Redis 7+) for several, else ``compact_pop.lua``. A plain command costs
+    Redis a third of the script. An expired entry popped this way is dropped
+    and the pop repeated (one more trip each; only after a receiver was away
+    longer than ``expiry``). Stands where a Call's script goes."""
+
+    name = "compact pop (LPOP / LMPOP)"
+
+    def __init__(self) -> None:
+        self.lmpop = True  # False once a server answered that it lacks LMPOP
+
+    def __call__(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        while True:
+            if len(keys) > 1 and not self.lmpop:
+                return POP(client, keys, [str(_now_ms()).encode()])
+            try:
+                reply = self._read(keys, client.execute_command(*self._command(keys)))
+            except redis.ResponseError as error:
+                if not self._learn(error):
+                    raise
+                continue
+            if reply is None or _live(reply[1], _now_ms()):
+                return reply or False
+
+    async def call_async(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        while True:
+            if len(keys) > 1 and not self.lmpop:
+                return await POP.call_async(client, keys, [str(_now_ms()).encode()])
+            try:
+                reply = self._read(keys, await client.execute_command(*self._command(keys)))
+            except redis.ResponseError as error:
+                if not self._learn(error):
+                    raise
+                continue
+            if reply is None or _live(reply[1], _now_ms()):
+                return reply or False
+
+    @staticmethod
+    def _command(keys: Sequence[Any]) -> Tuple[Any, ...]:
+        return ("LPOP", keys[0]) if len(keys) == 1 else ("LMPOP", len(keys), *keys, "LEFT")
+
+    @staticmethod
+    def _read(keys: Sequence[Any], reply: Any) -> Optional[List[Any]]:
+        if not reply:
+            return None
+        return [keys[0], reply] if len(keys) == 1 else [reply[0], reply[1][0]]
+
+    def _learn(self, error: Exception) -> bool:
+        if "unknown command" in str(error).lower() and self.lmpop:
+            self.lmpop = False
+            return True
+        return False
 
 
 class CompactLayout(Layout):
@@ -76,6 +140,8 @@ class CompactLayout(Layout):
         self._queue_ttl = str(self._expiry_ms + 1000).encode()
         self._pending: Dict[bytes, Deque[Tuple[str, bytes, int]]] = {}
         self._pending_lock = threading.Lock()
+        self._plain_pop = _PlainPop()
+        self._send_keys_cache: Dict[str, Tuple[bytes, bytes, bytes, int]] = {}
 
     # -- key names ---------------------------------------------------------------------
 
@@ -130,22 +196,32 @@ class CompactLayout(Layout):
         head = _VERSION_BYTE + b"%013d" % (now + self._expiry_ms)
         constants = [str(now).encode(), self._queue_ttl]
         by_slot: Dict[int, Tuple[List[bytes], List[Any]]] = {}
-        capacity_for = self.settings.capacity_for
         for queue, bodies in runs:
-            key = self.queue_key(queue)
+            key, stats, global_stats, slot = self._send_keys(queue)
             entries: List[Any] = []
             for body in bodies:
                 if isinstance(body, GroupEntry):
                     entries += self._fanout_entries(head, queue, body)
                 else:
                     entries += [1, head + _SINGLE + body]
-            slot = key_slot(key)
             call = by_slot.get(slot)
             if call is None:
-                call = by_slot[slot] = ([self.global_stats_key(key)], [*constants])
-            call[0].extend((key, self.stats_key(key)))
-            call[1].extend((capacity_for(queue), len(entries) // 2, *entries))
+                call = by_slot[slot] = ([global_stats], [*constants])
+            call[0].extend((key, stats))
+            call[1].extend((self.settings.capacity_for(queue), len(entries) // 2, *entries))
         return [Call(SEND, keys, args) for keys, args in by_slot.values()]
+
+    def _send_keys(self, queue: str) -> Tuple[bytes, bytes, bytes, int]:
+        """Queue key, its counters, its slot's global counters and the slot of a
+        queue, remembered for the queues sent to most (a send computes none of it again)."""
+        found = self._send_keys_cache.get(queue)
+        if found is None:
+            key = self.queue_key(queue)
+            found = (key, self.stats_key(key), self.global_stats_key(key), key_slot(key))
+            if len(self._send_keys_cache) >= _SEND_KEYS_CACHED:
+                self._send_keys_cache.clear()  # single-use ? names must not grow it without end
+            self._send_keys_cache[queue] = found
+        return found
 
     def _fanout_entries(self, head: bytes, queue: str, entry: GroupEntry) -> List[Any]:
         """(message count, entry) pairs naming at most FANOUT_CHUNK members each."""
@@ -160,7 +236,7 @@ class CompactLayout(Layout):
     # -- receive -------------------------------------------------------------------------------
 
     def pop_call(self, queue_keys: List[bytes]) -> Call:
-        return Call(POP, queue_keys, [str(_now_ms()).encode()])
+        return Call(self._plain_pop, queue_keys)  # type: ignore[arg-type]
 
     def read_pop(self, reply: Any) -> Optional[Popped]:
         return self.after_wait(reply[0], reply[1]) if reply else None
@@ -226,11 +302,14 @@ class CompactLayout(Layout):
         return [Command(("ZREM", self.group_key(group), channel))]
 
     def group_members_ops(self, group: str, now: float) -> List[Operation]:
+        # plain commands in one pipeline (one round trip): a script would copy every
+        # member into Lua and back, most of the Redis time of a large send_group
+        key = self.group_key(group)
         cutoff = int(now) - self.settings.group_expiry
-        return [Call(scripts.GROUP_MEMBERS, [self.group_key(group)], [cutoff])]
+        return [Command(("ZREMRANGEBYSCORE", key, 0, cutoff)), Command(("ZRANGE", key, 0, -1))]
 
     def read_group_members(self, replies: List[Any]) -> List[str]:
-        return [member.decode("utf8") for member in replies[0]]
+        return [member.decode("utf8") for member in replies[-1]]
 
     # -- statistics ----------------------------------------------------------------------------------
 

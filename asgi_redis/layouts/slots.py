@@ -8,31 +8,17 @@ statistics) is named with :func:`slot_tag` of that slot.
 
 from __future__ import annotations
 
+import binascii
 import string
-from typing import List, Optional
+from typing import List, Optional, Union
 
 SLOT_COUNT = 16384
 
 
-def _crc16_table() -> List[int]:
-    # CRC-16/XMODEM (polynomial 0x1021, initial value 0), what Redis Cluster hashes keys with
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_TABLE = _crc16_table()
-
-
 def crc16(data: bytes, crc: int = 0) -> int:
-    """CRC-16/XMODEM of ``data``, continuing from ``crc``."""
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _TABLE[((crc >> 8) ^ byte) & 0xFF]
-    return crc
+    """CRC-16/XMODEM of ``data`` (polynomial 0x1021), continuing from ``crc``:
+    what Redis Cluster hashes keys with. binascii's CRC-CCITT is that CRC, in C."""
+    return binascii.crc_hqx(data, crc)
 
 
 def hash_tag(key: bytes) -> bytes:
@@ -45,8 +31,10 @@ def hash_tag(key: bytes) -> bytes:
     return key
 
 
-def key_slot(key: bytes) -> int:
+def key_slot(key: Union[bytes, str]) -> int:
     """The cluster slot of ``key`` (what CLUSTER KEYSLOT answers)."""
+    if isinstance(key, str):
+        key = key.encode("utf8")
     return crc16(hash_tag(key)) % SLOT_COUNT
 
 

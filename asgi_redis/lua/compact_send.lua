@@ -40,6 +40,30 @@ local function trim_dead_head(queue, wanted)
     return dropped
 end
 
+local function count(key, field, by, ttl)
+    redis.call('HINCRBY', key, field, by)
+    redis.call('EXPIRE', key, ttl)
+end
+
+-- The usual call, one entry on one queue (a send), without the general loop's tables
+if #KEYS == 3 and ARGV[4] == '1' then
+    local queue, messages = KEYS[2], tonumber(ARGV[5])
+    local over = redis.call('RPUSH', queue, ARGV[6]) - tonumber(ARGV[3])
+    if over > 0 then
+        over = over - trim_dead_head(queue, over)
+    end
+    if over > 0 then
+        redis.call('RPOP', queue)  -- ours: the script runs alone, it is the tail
+        count(KEYS[3], 'channel_full_count', messages, CHANNEL_STATS_TTL)
+        count(KEYS[1], 'channel_full_count', messages, GLOBAL_STATS_TTL)
+        return messages
+    end
+    redis.call('PEXPIRE', queue, queue_ttl)
+    count(KEYS[3], 'messages_count', messages, CHANNEL_STATS_TTL)
+    count(KEYS[1], 'messages_count', messages, GLOBAL_STATS_TTL)
+    return 0
+end
+
 local sent_total, full_total = 0, 0
 local arg = 3
 for k = 2, #KEYS, 2 do
