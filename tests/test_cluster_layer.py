@@ -111,11 +111,10 @@ def test_configuration_errors_are_value_errors(cluster):
         ({"hosts": [cluster.url], "buckets": 0}, "buckets must be"),
         ({"hosts": [cluster.url], "prefix": "a{b"}, "brace"),
         ({"hosts": [cluster.url], "expiry": 0}, "expiry"),
+        ({"hosts": [cluster.url], "layout": "classic"}, "must be 'compact' on a cluster"),
     ]:
         with pytest.raises(ValueError, match=words):
             RedisClusterChannelLayer(**config)
-    with pytest.raises(TypeError):
-        RedisClusterChannelLayer(hosts=[cluster.url], layout="classic")  # always the compact layout
 
 
 def test_a_standalone_server_is_a_value_error():

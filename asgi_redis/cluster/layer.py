@@ -38,7 +38,10 @@ from .nodes import describe_node
 from .router import ClusterRouter, SlotCommand
 
 Message = Dict[str, Any]
-RESCUE_INTERVAL = 1.0  # seconds between two sweeps of every bucket (see cluster/layout.py)
+RESCUE_INTERVAL = 2.0  # seconds between two looks at every bucket (see cluster/layout.py)
+# commands a SlotClient sends to its node as they are: they name no key (the
+# multi-server wait's CLIENT UNBLOCK, SCRIPT LOAD, SCAN of a sweep)
+_NODE_COMMANDS = frozenset({"CLIENT", "SCRIPT", "SCAN", "INFO", "PING", "DBSIZE", "TYPE"})
 
 
 class SlotClient:
@@ -74,6 +77,12 @@ class SlotClient:
 
     def blpop(self, keys: Sequence[Any], timeout: float = 0) -> Any:
         return self.router.run_one(SlotCommand(("BLPOP", *keys, timeout), self.slot), "receive")
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        # the layout's plain pops (LPOP, LMPOP) follow MOVED and ASK like its scripts
+        if str(args[0]).upper() in _NODE_COMMANDS or options:
+            return self.node().execute_command(*args, **options)
+        return self.router.run_one(SlotCommand(tuple(args), self.slot), "receive")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.node(), name)
@@ -151,7 +160,9 @@ class RedisClusterChannelLayer(RedisChannelLayer):
     ``(host, port)`` pairs; one reachable node is enough, the others are
     discovered. The other keywords are the plain layer's; ``buckets`` is how
     many bucket slots normal channels are spread over (the same in every
-    process of a site). The data layout is always the compact one.
+    process of a site); ``tryagain_timeout`` bounds how long a call waits out
+    TRYAGAIN during a migration. The data layout is always the compact one
+    (``layout`` accepts only "compact").
     """
 
     default_hosts: Sequence[Any] = [("localhost", 6379)]
@@ -169,9 +180,15 @@ class RedisClusterChannelLayer(RedisChannelLayer):
         stats_prefix: str = "asgi-meta:",
         connection_kwargs: Optional[Dict[str, Any]] = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        layout: str = "compact",
         buckets: int = DEFAULT_BUCKETS,
         tryagain_timeout: float = 2.0,
     ) -> None:
+        if layout != "compact":
+            raise ValueError(
+                f"layout must be 'compact' on a cluster, not {layout!r}: the classic layout's keys "
+                "cannot live on a Redis Cluster (a send touches several hash slots)"
+            )
         self._buckets = buckets
         self._tryagain_timeout = tryagain_timeout
         self._primaries: Tuple[Any, List[str]] = (None, [])
@@ -193,10 +210,6 @@ class RedisClusterChannelLayer(RedisChannelLayer):
         self._receive_port.layout = self.layout
         self.router = ClusterRouter(hosts if hosts is not None else self.default_hosts,
                                     self.connection_kwargs, tryagain_timeout=self._tryagain_timeout)
-        # the receive engine runs the layout's pop through SlotClient.evalsha, which
-        # sees only its SHA: known by SHA, the router loads it where it is missing
-        pop = self.layout.pop_call([b"-"]).script
-        self.router.scripts[pop.sha] = pop
         self.slots = SlotShards(self.router)
         return self.slots
 
@@ -280,28 +293,12 @@ class RedisClusterChannelLayer(RedisChannelLayer):
             return True
 
     def _rescue(self, names: List[str]) -> Optional[Tuple[str, Message]]:
-        """One pop on every non-primary bucket of ``names``, all masters at once (one
-        write each); the first message found is returned, any other one popped is
-        put back at the head of its queue (nobody saw it: nothing lost, nothing twice)."""
+        """One non-blocking look (the layout's pop) at every non-primary bucket of
+        ``names``: where a resharding may have left messages (see cluster/layout.py)."""
         primary = {key for name in names for key in self.layout.receive_keys(name)}
         others = {key for name in names for key in self.layout.all_bucket_keys(name)} - primary
-        targets = self._slot_targets(others)
-        if not targets:
-            return None
-        replies = self.router.run([self.layout.pop_call(keys) for _, _, keys in targets], "receive",
-                                  raise_on_error=False)
-        found: Optional[Tuple[str, Message]] = None
-        for reply in replies:
-            if not reply or isinstance(reply, Exception):
-                continue  # a master that failed: the next look goes there again
-            queue_key, element = reply[0], reply[1]
-            if found is not None:
-                self.router.run(self.layout.push_back(queue_key, element), "receive")
-                continue
-            popped = self.layout.after_wait(queue_key, element)
-            if popped is not None:
-                found = self._decode(popped.queue_key, popped.body, popped.channel)
-        return found
+        found = self._receive(self._slot_targets(others)).run(False)
+        return found if found[0] is not None else None
 
     def __repr__(self) -> str:
         masters = [describe_node(address) for address in self.router.masters()] if self.router.cached_map else []

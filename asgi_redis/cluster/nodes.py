@@ -134,8 +134,24 @@ class NodeClients:
             client.close()
 
 
+def cluster_enabled(spec: Any, connection_kwargs: Optional[Dict[str, Any]] = None) -> Optional[bool]:
+    """Whether the server at ``spec`` (a URL or pair) runs in cluster mode; None if it cannot be asked."""
+    kwargs = {"socket_connect_timeout": 3, "socket_timeout": 5, **(connection_kwargs or {})}
+    try:
+        client = make_client(spec, kwargs)
+    except ValueError:
+        return None
+    try:
+        return bool(int(client.info("cluster").get("cluster_enabled", 0)))
+    except (redis.RedisError, OSError, ValueError):
+        return None
+    finally:
+        client.close()
+
+
 def describe_node(address: Address) -> str:
     return f"{address[0]}:{address[1]}"
 
 
-__all__ = ["NodeClients", "StartupNode", "check_cluster_kwargs", "describe_node", "parse_startup_nodes"]
+__all__ = ["NodeClients", "StartupNode", "check_cluster_kwargs", "cluster_enabled", "describe_node",
+           "parse_startup_nodes"]
