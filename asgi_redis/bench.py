@@ -454,6 +454,9 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds is not None and args.rounds < 1 or args.ops is not None and args.ops < 1:
         raise CommandError("--rounds and --ops must be 1 or more", 2)
     _parse_members(args.members, args.quick)  # a usage error before any server starts
+    if has_location(args) and _names_a_cluster(args):
+        from .cluster_bench import run as run_cluster_bench
+        return run_cluster_bench(args)
     cleanup_on_sigterm()
     with ExitStack() as cleanup:
         if has_location(args):
@@ -488,6 +491,14 @@ def run(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"plot written to {args.plot}")
     return 0
+
+
+def _names_a_cluster(args: argparse.Namespace) -> bool:
+    """Whether --url / --settings describe a Redis Cluster (then the cluster benchmark runs)."""
+    from .cluster.layer import RedisClusterChannelLayer
+
+    backend, _ = layer_config(args)
+    return issubclass(backend, RedisClusterChannelLayer)
 
 
 def _second_database(host: Any) -> str:
