@@ -98,6 +98,7 @@ class EmbeddedCluster:
             raise ValueError(f"need at least one master, got masters={masters} replicas={replicas}")
         self.binary = binary or find_redis_server()
         self.node_timeout_ms = node_timeout_ms
+        self._extra_config = list(extra_config)
         self.nodes: List[ClusterNode] = []
         self._slots_of_killed: Dict[str, List[int]] = {}
         try:
@@ -302,7 +303,13 @@ class EmbeddedCluster:
         others = [node for node in self.live_nodes() if node not in (target, source) and self.is_master(node)]
         for node in [target, source] + others:
             with node.client(socket_timeout=5) as client:
-                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+                try:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+                except redis.ResponseError as error:
+                    # a source that gave away its last slot may already have become a
+                    # replica of the target (cluster-allow-replica-migration): it knows
+                    if node is not source or "only with masters" not in str(error):
+                        raise
 
     def migrate_slot(self, slot: int, target: ClusterNode) -> int:
         """Move ``slot`` with all its keys to ``target`` in one go; returns keys moved."""
@@ -312,6 +319,30 @@ class EmbeddedCluster:
         self._wait(lambda: all(self.slot_owners(node).get(slot) == target.node_id
                                for node in self.live_nodes()), 30.0, f"every node to see slot {slot} moved")
         return moved
+
+    def add_master(self, timeout: float = 30.0) -> ClusterNode:
+        """Start one more node and join it as a master without slots (migrate some to it)."""
+        node = ClusterNode(self.binary, self.node_timeout_ms, self._extra_config)
+        self.nodes.append(node)
+        node.start()
+        with self.live_nodes()[0].client(socket_timeout=5) as client:
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        self._wait(lambda: all(node.node_id in self._known_ids(other) for other in self.live_nodes())
+                   and len(self._known_ids(node)) == len(self.live_nodes()), timeout, "the new node to be known")
+        self._wait(lambda: self.info(node).get("cluster_state") == "ok" and len(self.slot_owners(node)) == SLOTS,
+                   timeout, "the new node to see every slot served")
+        return node
+
+    def remove_node(self, node: ClusterNode, timeout: float = 30.0) -> None:
+        """Make every other node forget ``node`` (it must own no slot), then stop it."""
+        others = [other for other in self.live_nodes() if other is not node]
+        for other in others:
+            with other.client(socket_timeout=5) as client:
+                client.execute_command("CLUSTER", "FORGET", node.node_id)
+        node.close()
+        self.nodes.remove(node)
+        self._wait(lambda: all(node.node_id not in self._known_ids(other) for other in others),
+                   timeout, "every node to forget the removed one")
 
     # -- lifetime ---------------------------------------------------------------
 

@@ -200,3 +200,28 @@ def test_live_resharding_of_a_busy_process_channel_and_its_group():
         for layer in made:
             layer.close()
         nodes.close()
+
+
+def test_a_node_added_then_removed_is_followed_without_restart():
+    nodes = RedisCluster(masters=3, replicas=0, node_timeout_ms=3000)
+    layer = RedisClusterChannelLayer(hosts=[nodes.url], expiry=60)
+    try:
+        slot = key_slot(layer.layout.queue_key("grow!"))
+        home = nodes.master_of_slot(slot)
+        for number in range(3):
+            layer.send("grow!x", {"n": number})
+        added = nodes.add_master()
+        nodes.migrate_slot(slot, added)
+        generation = layer.router.generation
+        layer.send("grow!x", {"n": 3})  # MOVED: the map is read again, the new node found
+        assert layer.router.generation == generation + 1
+        assert nodes.address(added) in layer.router.masters()
+        assert [layer.receive(["grow!"])[1]["n"] for _ in range(4)] == [0, 1, 2, 3]
+        nodes.migrate_slot(slot, home)
+        nodes.remove_node(added)
+        layer.send("grow!x", {"n": 4})
+        assert layer.receive(["grow!"]) == ("grow!x", {"n": 4})
+        assert nodes.address(added) not in layer.router.masters() and len(layer.router.masters()) == 3
+    finally:
+        layer.close()
+        nodes.close()

@@ -323,6 +323,9 @@ class ClusterRouter:
                 elif isinstance(reply, TryAgainError):
                     waiting.append(item)
                     continue
+                elif getattr(reply, "nothing_sent", False) and self._owner_changed(item, generation):
+                    generation = self.generation  # the node is gone, the slot has another owner:
+                    item.address, item.asking = self.cached_map.owner(item.slot), False  # nothing ran
                 else:
                     results[item.index] = self._outcome(reply, item, action)
                     continue
@@ -360,6 +363,18 @@ class ClusterRouter:
     def run_one(self, call: Call, action: str = "call") -> Any:
         """:meth:`run` for a single call; raises its error."""
         return self.run([call], action)[0]
+
+    def _owner_changed(self, item: _Pending, generation: int) -> bool:
+        """After a node could not even be connected to: whether a map read now (at most
+        every refresh_interval) gives the slot another owner, so the call can go there."""
+        if item.asking or time.monotonic() - self._last_refresh < self.refresh_interval:
+            return False
+        try:
+            new_map = self.refresh(unless_newer_than=generation)
+        except LayerConnectionError:
+            return False
+        owner = new_map.owner(item.slot)
+        return owner is not None and owner != item.address
 
     def _refresh_after_moved(self, generation: int) -> None:
         # the first MOVED since the map this run started from was read: read it
@@ -454,7 +469,9 @@ class ClusterRouter:
             state = "failed after the command was sent (it may have run)"
         else:
             state = "is unreachable"
-        return _wrap(f"{action} failed: Redis Cluster node {describe_node(address)} {state}: {error}", error)
+        failure = _wrap(f"{action} failed: Redis Cluster node {describe_node(address)} {state}: {error}", error)
+        failure.nothing_sent = not written or retry.nothing_sent(error)  # type: ignore[attr-defined]
+        return failure
 
     def run_on(self, address: Address, *command: Any) -> Any:
         """One command on one node (SCAN, INFO, ...), through its client; errors as
