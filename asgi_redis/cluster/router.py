@@ -99,7 +99,9 @@ class _Pending:
 
 
 def call_slot(call: Call) -> int:
-    """The one slot every key of ``call`` hashes to; ValueError otherwise (a layout bug)."""
+    """The slot of ``call``: that of its first key. Every key must share it (the
+    layouts name them with one hash tag); a call that breaks this is refused by
+    the server (CROSSSLOT, nothing ran), so it is not checked key by key here."""
     if isinstance(call, SlotCommand):
         return call.slot
     if isinstance(call, Command):
@@ -109,13 +111,7 @@ def call_slot(call: Call) -> int:
     keys = call[1]
     if not keys:
         raise ValueError(f"call {_call_name(call)} names no key: the cluster cannot route it")
-    slot = key_slot(keys[0])
-    for key in keys[1:]:
-        if key_slot(key) != slot:
-            raise ValueError(
-                f"call {_call_name(call)}: keys {keys[0]!r} and {key!r} are in different hash slots"
-            )
-    return slot
+    return key_slot(keys[0])
 
 
 def _call_name(call: Any) -> str:
@@ -412,6 +408,8 @@ class ClusterRouter:
     def _write_and_read(self, items: List[_Pending], preload: Dict[Address, List[LuaScript]],
                         action: str) -> List[Tuple[_Pending, Any]]:
         """One pipelined write per node, all written before any is read."""
+        if len(items) == 1 and not preload:
+            return self._write_and_read_one(items[0], action)
         batches: Dict[Address, List[_Pending]] = {}
         for item in items:
             batches.setdefault(item.address, []).append(item)  # type: ignore[arg-type]
@@ -440,6 +438,25 @@ class ClusterRouter:
         for address, batch, pool, connection, skip in sent:
             out += self._read_batch(address, batch, pool, connection, skip, action)
         return out
+
+    def _write_and_read_one(self, item: _Pending, action: str) -> List[Tuple[_Pending, Any]]:
+        """The same for one call (the common case: a send, a pop), without the batching."""
+        address = item.address
+        pool = self.clients.get(address).connection_pool  # type: ignore[arg-type]
+        connection = None
+        try:
+            connection = pool.get_connection()
+            command = _command(item.call)
+            packed = (connection.pack_commands([("ASKING",), command]) if item.asking
+                      else connection.pack_command(*command))
+            connection.send_packed_command(packed)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            if connection is not None:
+                connection.disconnect()
+                pool.release(connection)
+            return [(item, self._connection_failure(action, address, error,  # type: ignore[arg-type]
+                                                    written=connection is not None))]
+        return self._read_batch(address, [item], pool, connection, 0, action)  # type: ignore[arg-type]
 
     def _read_batch(self, address: Address, batch: List[_Pending], pool: Any, connection: Any,
                     skip: int, action: str) -> List[Tuple[_Pending, Any]]:
