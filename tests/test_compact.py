@@ -430,8 +430,10 @@ def test_pop_over_several_queues_skips_expired_entries(compact, raw, lmpop):
 def test_pop_learns_that_lmpop_is_missing(compact, raw):
     pop = compact.layout._plain_pop
     error = __import__("redis").ResponseError("ERR unknown command 'LMPOP', with args beginning with: ")
-    assert pop._learn(error) and not pop.lmpop
-    assert not pop._learn(error)  # learned once; a second such error is real
+    pop._learn(error)
+    assert not pop.lmpop
+    with pytest.raises(type(error)):
+        pop._learn(error)  # learned once; a second such error is real
 
 
 def test_fan_out_through_receive_async(compact):
@@ -450,3 +452,17 @@ def test_fan_out_through_receive_async(compact):
             await compact.close_async()
 
     assert asyncio.run(scenario()) == [(f"proc!{n}", {"hi": 1}) for n in range(3)]
+
+
+def test_many_dead_entries_cost_two_round_trips(compact, raw, round_trips):
+    from asgi_redis.layouts.compact import POP
+
+    POP(raw, [b"warm"], [b"0"])  # loaded on the server beforehand
+    compact.send("warm", {})
+    compact.receive(["warm"])
+    now = int(time.time() * 1000)
+    raw.rpush("asgi:c1{#0}stale", *[b"1%013dm" % (now - 1) + b"x" for _ in range(50)])
+    compact.send("stale", {"n": "live"})
+    round_trips.count = 0
+    assert compact.receive(["stale"]) == ("stale", {"n": "live"})
+    assert round_trips.count == 2  # LPOP met a dead entry; the Lua pop dropped the 49 others

@@ -44,6 +44,7 @@ _STATS = ("messages_count", "channel_full_count")
 _VERSION_BYTE = b"1"
 _SINGLE, _FANOUT = b"m", b"f"
 _HEAD = 15  # version byte, 13-digit deadline, kind byte
+_USE_SCRIPT = object()  # _PlainPop: the plain command could not settle it
 Body = Union[bytes, GroupEntry]
 
 
@@ -60,9 +61,10 @@ def _live(entry: bytes, now: int) -> bool:
 class _PlainPop:
     """The non-blocking pop without a script: ``LPOP`` for one queue, ``LMPOP``
     (Redis 7+) for several, else ``compact_pop.lua``. A plain command costs
-    Redis a third of the script. An expired entry popped this way is dropped
-    and the pop repeated (one more trip each; only after a receiver was away
-    longer than ``expiry``). Stands where a Call's script goes."""
+    Redis a third of the script. When it pops an expired entry (a receiver was
+    away longer than ``expiry``), the entry is dropped and the Lua pop, which
+    drops the rest of the dead ones in the same call, looks again: two round
+    trips at most. Stands where a Call's script goes."""
 
     name = "compact pop (LPOP / LMPOP)"
 
@@ -70,46 +72,46 @@ class _PlainPop:
         self.lmpop = True  # False once a server answered that it lacks LMPOP
 
     def __call__(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        while True:
-            if len(keys) > 1 and not self.lmpop:
-                return POP(client, keys, [str(_now_ms()).encode()])
+        command = self._command(keys)
+        if command is not None:
             try:
-                reply = self._read(keys, client.execute_command(*self._command(keys)))
+                outcome = self._outcome(keys, client.execute_command(*command))
             except redis.ResponseError as error:
-                if not self._learn(error):
-                    raise
-                continue
-            if reply is None or _live(reply[1], _now_ms()):
-                return reply or False
+                outcome = self._learn(error)
+            if outcome is not _USE_SCRIPT:
+                return outcome
+        return POP(client, keys, [str(_now_ms()).encode()])
 
     async def call_async(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        while True:
-            if len(keys) > 1 and not self.lmpop:
-                return await POP.call_async(client, keys, [str(_now_ms()).encode()])
+        command = self._command(keys)
+        if command is not None:
             try:
-                reply = self._read(keys, await client.execute_command(*self._command(keys)))
+                outcome = self._outcome(keys, await client.execute_command(*command))
             except redis.ResponseError as error:
-                if not self._learn(error):
-                    raise
-                continue
-            if reply is None or _live(reply[1], _now_ms()):
-                return reply or False
+                outcome = self._learn(error)
+            if outcome is not _USE_SCRIPT:
+                return outcome
+        return await POP.call_async(client, keys, [str(_now_ms()).encode()])
+
+    def _command(self, keys: Sequence[Any]) -> Optional[Tuple[Any, ...]]:
+        if len(keys) == 1:
+            return ("LPOP", keys[0])
+        return ("LMPOP", len(keys), *keys, "LEFT") if self.lmpop else None
 
     @staticmethod
-    def _command(keys: Sequence[Any]) -> Tuple[Any, ...]:
-        return ("LPOP", keys[0]) if len(keys) == 1 else ("LMPOP", len(keys), *keys, "LEFT")
-
-    @staticmethod
-    def _read(keys: Sequence[Any], reply: Any) -> Optional[List[Any]]:
+    def _outcome(keys: Sequence[Any], reply: Any) -> Any:
+        """The pop's reply ({queue key, entry} or False), or _USE_SCRIPT for a dead entry
+        (dropped: the script drops the other dead ones at once and looks again)."""
         if not reply:
-            return None
-        return [keys[0], reply] if len(keys) == 1 else [reply[0], reply[1][0]]
+            return False
+        found = [keys[0], reply] if len(keys) == 1 else [reply[0], reply[1][0]]
+        return found if _live(found[1], _now_ms()) else _USE_SCRIPT
 
-    def _learn(self, error: Exception) -> bool:
+    def _learn(self, error: Exception) -> Any:
         if "unknown command" in str(error).lower() and self.lmpop:
-            self.lmpop = False
-            return True
-        return False
+            self.lmpop = False  # Redis < 7: the script from now on
+            return _USE_SCRIPT
+        raise error
 
 
 class CompactLayout(Layout):
