@@ -167,6 +167,32 @@ class CompactLayout(Layout):
         """The global counters of the slot ``queue_key`` is in."""
         return self._stats_base + slot_tag(key_slot(queue_key)) + b"}#global"
 
+    # -- reading keys back (the CLI's inspect and stats) ---------------------------------
+
+    @property
+    def key_prefix(self) -> str:
+        """What every queue and group key of this layout starts with."""
+        return self.settings.prefix + "c1{"
+
+    def group_of(self, key: bytes) -> Optional[str]:
+        """The group a key holds, or None when it is no group key."""
+        if not key.startswith(self._queue_base) or not key.endswith(b"}:group"):
+            return None
+        return key[len(self._queue_base):-len(b"}:group")].decode("utf8", "replace")
+
+    def channel_of_stats_key(self, key: bytes) -> Optional[str]:
+        """The channel a counters hash is for, or None for global counters and foreign keys."""
+        if not key.startswith(self._stats_base) or key.endswith(b"}#global"):
+            return None
+        return self.channel_of(self._queue_base + key[len(self._stats_base):])
+
+    def entry_age(self, entry: Optional[bytes], now: float) -> Optional[float]:
+        """Seconds since an entry was sent, read from its deadline; None for no entry."""
+        deadline = entry[1:14] if entry else b""
+        if not deadline.isdigit():
+            return None
+        return max(0.0, self.settings.expiry - (int(deadline) / 1000.0 - now))
+
     def new_channel_probe(self, name: str) -> Command:
         return Command(("EXISTS", self.queue_key(name)))
 
