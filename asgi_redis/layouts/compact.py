@@ -40,6 +40,7 @@ VERSION = 1
 DEFAULT_BUCKET = "#0"
 FANOUT_CHUNK = 1000  # member channels named by one entry: bounds a receiver's buffer
 _SEND_KEYS_CACHED = 4096
+CALL_ENTRIES = 1000  # entries per send call at most (as the classic layout's chunks)
 _STATS = ("messages_count", "channel_full_count")
 _VERSION_BYTE = b"1"
 _SINGLE, _FANOUT = b"m", b"f"
@@ -220,10 +221,13 @@ class CompactLayout(Layout):
     # -- send --------------------------------------------------------------------------------
 
     def send_calls(self, runs: Sequence[Tuple[str, List[Body]]]) -> List[Call]:
+        """One call per hash slot with ``split_by_slot`` (a cluster); else one call
+        for every run (a plain Redis has no slots; each run's keys still share one)."""
         now = _now_ms()
         head = _VERSION_BYTE + b"%013d" % (now + self._expiry_ms)
         constants = [str(now).encode(), self._queue_ttl]
-        by_slot: Dict[int, Tuple[List[bytes], List[Any]]] = {}
+        done: List[Call] = []
+        open_calls: Dict[int, Tuple[List[bytes], List[Any], List[int]]] = {}
         for queue, bodies in runs:
             key, stats, global_stats, slot = self._send_keys(queue)
             entries: List[Any] = []
@@ -232,12 +236,15 @@ class CompactLayout(Layout):
                     entries += self._fanout_entries(head, queue, body)
                 else:
                     entries += [1, head + _SINGLE + body]
-            call = by_slot.get(slot)
-            if call is None:
-                call = by_slot[slot] = ([global_stats], [*constants])
-            call[0].extend((key, stats))
-            call[1].extend((self.settings.capacity_for(queue), len(entries) // 2, *entries))
-        return [Call(SEND, keys, args) for keys, args in by_slot.values()]
+            where = slot if self.split_by_slot else 0
+            call_keys, call_args, size = open_calls.setdefault(where, ([], [*constants], [0]))
+            call_keys.extend((key, stats, global_stats))
+            call_args.extend((self.settings.capacity_for(queue), len(entries) // 2, *entries))
+            size[0] += len(entries) // 2
+            if size[0] >= CALL_ENTRIES:  # bounds how long one call holds Redis
+                done.append(Call(SEND, call_keys, call_args))
+                del open_calls[where]
+        return done + [Call(SEND, keys, args) for keys, args, _ in open_calls.values()]
 
     def _send_keys(self, queue: str) -> Tuple[bytes, bytes, bytes, int]:
         """Queue key, its counters, its slot's global counters and the slot of a
