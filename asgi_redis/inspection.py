@@ -78,9 +78,8 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
     """Channels (pending, oldest age) and groups (members) on one shard, up to ``limit`` of each."""
     contents = ShardContents(shard=description)
     compact = layer.layout.name == "compact"
-    prefix = layer.prefix + ("c1{" if compact else "")  # compact: only its own keys
-    group_prefix = prefix if compact else f"{prefix}:group:"
-    group_suffix = "}:group" if compact else ""
+    prefix = layer.layout.key_prefix if compact else layer.prefix  # compact: only its own keys
+    group_prefix = f"{prefix}:group:"
     for keys in scan_batches(client, prefix):
         contents.scanned += len(keys)
         types = _pipelined(client, [("type", key) for key in keys])
@@ -90,8 +89,10 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
             kind = kind.decode() if isinstance(kind, bytes) else kind
             if kind == "list":
                 lists.append((key, layer.layout.channel_of(key) if compact else name[len(prefix):]))
-            elif kind == "zset" and name.startswith(group_prefix) and name.endswith(group_suffix):
-                groups.append((key, name[len(group_prefix):len(name) - len(group_suffix)]))
+            elif kind == "zset" and compact and layer.layout.group_of(key) is not None:
+                groups.append((key, layer.layout.group_of(key)))
+            elif kind == "zset" and not compact and name.startswith(group_prefix):
+                groups.append((key, name[len(group_prefix):]))
             elif kind == "string":
                 contents.bodies += 1
             elif kind != "none":  # "none": expired between SCAN and TYPE
@@ -120,9 +121,10 @@ def _measure_channels(layer: RedisChannelLayer, client: redis.Redis,
     oldest_keys = [replies[2 * i + 1] for i in range(len(lists))]
     if layer.layout.name == "compact":  # the entry holds its deadline: no body key to ask
         now = time.time()
+        ages = [layer.layout.entry_age(entry, now) for entry in oldest_keys]
         return [
             ChannelInfo(name=name, pending=int(replies[2 * i] or 0),
-                        oldest_age=_compact_age(layer, oldest_keys[i], now))
+                        oldest_age=None if ages[i] is None else round(ages[i], 3))
             for i, (_, name) in enumerate(lists)
         ]
     ttls = _pipelined(client, [("pttl", key) for key in oldest_keys if key is not None])
@@ -136,13 +138,6 @@ def _measure_channels(layer: RedisChannelLayer, client: redis.Redis,
                 age = round(max(0.0, layer.expiry - ttl_ms / 1000.0), 3)
         found.append(ChannelInfo(name=name, pending=int(replies[2 * i] or 0), oldest_age=age))
     return found
-
-
-def _compact_age(layer: RedisChannelLayer, entry: Optional[bytes], now: float) -> Optional[float]:
-    deadline = entry[1:14] if entry else b""
-    if not deadline.isdigit():
-        return None
-    return round(max(0.0, layer.expiry - (int(deadline) / 1000.0 - now)), 3)
 
 
 def _measure_groups(layer: RedisChannelLayer, client: redis.Redis,
@@ -197,14 +192,11 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
 def _compact_statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
     """The same for the compact layout: its counter hashes are named as their queues."""
     names: Dict[str, None] = {}
-    stats_base, queue_base = layer.stats_prefix + "c1{", (layer.prefix + "c1{").encode("utf8")
     for _, client in shards_of(layer):
-        for keys in scan_batches(client, stats_base):
+        for keys in scan_batches(client, layer.stats_prefix):
             for key in keys:
-                if key.endswith(b"}#global"):
-                    continue
-                name = layer.layout.channel_of(queue_base + key[len(stats_base.encode("utf8")):])
-                if _is_channel_name(name):
+                name = layer.layout.channel_of_stats_key(key)
+                if name is not None and _is_channel_name(name):
                     names[name] = None
             if len(names) >= limit:
                 return sorted(names)[:limit]

@@ -50,17 +50,38 @@ def test_crc16_and_slots_match_redis_cluster():
 def test_every_call_touches_one_slot(compact):
     layout = compact.layout
     runs = [("chat!", [b"a"]), ("reply?abc", [b"b"]), ("http.request", [b"c"]), ("other.normal", [b"d"])]
-    calls = layout.send_calls(runs)
-    calls += layout.group_add_ops("grp", "chat!x", 1.0) + layout.group_members_ops("grp", 1.0)
-    calls += layout.channel_stats_ops("chat!") + layout.channel_stats_ops("http.request")
-    for call in calls:
-        keys = call.keys if isinstance(call, Call) else [call.args[1]]
-        assert len({key_slot(key) for key in keys}) == 1, keys
-    # both normal channels share their bucket's slot: one call for the two of them
-    assert len(layout.send_calls(runs)) == 3
-    layout.split_by_slot = True  # what a cluster layer sets: one pop / BLPOP per slot
-    keys = [layout.queue_key(name) for name in ("chat!", "http.request", "other.normal")]
-    assert [len(group) for group in layout.group_keys(keys)] == [1, 2]
+    # a plain Redis: one call for all runs, each run's three keys in one slot
+    [send] = layout.send_calls(runs)
+    triples = [send.keys[i:i + 3] for i in range(0, len(send.keys), 3)]
+    assert len(triples) == 4 and all(len({key_slot(key) for key in keys}) == 1 for keys in triples)
+    layout.split_by_slot = True  # what a cluster layer sets
+    try:
+        calls = layout.send_calls(runs)
+        # both normal channels share their bucket's slot: one call for the two of them
+        assert len(calls) == 3
+        calls += layout.group_add_ops("grp", "chat!x", 1.0) + layout.group_members_ops("grp", 1.0)
+        calls += layout.channel_stats_ops("chat!") + layout.channel_stats_ops("http.request")
+        for call in calls:
+            keys = call.keys if isinstance(call, Call) else [call.args[1]]
+            assert len({key_slot(key) for key in keys}) == 1, keys
+        keys = [layout.queue_key(name) for name in ("chat!", "http.request", "other.normal")]
+        assert [len(group) for group in layout.group_keys(keys)] == [1, 2]  # one pop / BLPOP per slot
+    finally:
+        layout.split_by_slot = False
+
+
+def test_split_calls_run_on_a_server(compact, raw):
+    compact.layout.split_by_slot = True
+    try:
+        for n in range(3):
+            compact.group_add("g", f"proc{n}!a")
+        compact.group_add("g", "chan")
+        compact.send_group("g", {"x": 1})
+        got = {compact.receive([name])[0] for name in ("proc0!", "proc1!", "proc2!", "chan")}
+        assert got == {"proc0!a", "proc1!a", "proc2!a", "chan"}
+        assert compact.global_statistics()["messages_count"] == 4
+    finally:
+        compact.layout.split_by_slot = False
 
 
 def test_prefix_with_a_brace_is_refused(redis_server):
@@ -430,8 +451,10 @@ def test_pop_over_several_queues_skips_expired_entries(compact, raw, lmpop):
 def test_pop_learns_that_lmpop_is_missing(compact, raw):
     pop = compact.layout._plain_pop
     error = __import__("redis").ResponseError("ERR unknown command 'LMPOP', with args beginning with: ")
-    assert pop._learn(error) and not pop.lmpop
-    assert not pop._learn(error)  # learned once; a second such error is real
+    pop._learn(error)
+    assert not pop.lmpop
+    with pytest.raises(type(error)):
+        pop._learn(error)  # learned once; a second such error is real
 
 
 def test_fan_out_through_receive_async(compact):
@@ -450,3 +473,25 @@ def test_fan_out_through_receive_async(compact):
             await compact.close_async()
 
     assert asyncio.run(scenario()) == [(f"proc!{n}", {"hi": 1}) for n in range(3)]
+
+
+def test_many_dead_entries_cost_two_round_trips(compact, raw, round_trips):
+    from asgi_redis.layouts.compact import POP
+
+    POP(raw, [b"warm"], [b"0"])  # loaded on the server beforehand
+    compact.send("warm", {})
+    compact.receive(["warm"])
+    now = int(time.time() * 1000)
+    raw.rpush("asgi:c1{#0}stale", *[b"1%013dm" % (now - 1) + b"x" for _ in range(50)])
+    compact.send("stale", {"n": "live"})
+    round_trips.count = 0
+    assert compact.receive(["stale"]) == ("stale", {"n": "live"})
+    assert round_trips.count == 2  # LPOP met a dead entry; the Lua pop dropped the 49 others
+
+
+def test_large_group_sends_are_cut_into_bounded_calls(compact):
+    from asgi_redis.layouts.compact import CALL_ENTRIES
+
+    runs = [(f"reply?{n}", [b"x"]) for n in range(2 * CALL_ENTRIES + 5)]
+    calls = compact.layout.send_calls(runs)
+    assert [len(call.keys) // 3 for call in calls] == [CALL_ENTRIES, CALL_ENTRIES, 5]

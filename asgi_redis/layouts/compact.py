@@ -40,10 +40,12 @@ VERSION = 1
 DEFAULT_BUCKET = "#0"
 FANOUT_CHUNK = 1000  # member channels named by one entry: bounds a receiver's buffer
 _SEND_KEYS_CACHED = 4096
+CALL_ENTRIES = 1000  # entries per send call at most (as the classic layout's chunks)
 _STATS = ("messages_count", "channel_full_count")
 _VERSION_BYTE = b"1"
 _SINGLE, _FANOUT = b"m", b"f"
 _HEAD = 15  # version byte, 13-digit deadline, kind byte
+_USE_SCRIPT = object()  # _PlainPop: the plain command could not settle it
 Body = Union[bytes, GroupEntry]
 
 
@@ -60,9 +62,10 @@ def _live(entry: bytes, now: int) -> bool:
 class _PlainPop:
     """The non-blocking pop without a script: ``LPOP`` for one queue, ``LMPOP``
     (Redis 7+) for several, else ``compact_pop.lua``. A plain command costs
-    Redis a third of the script. An expired entry popped this way is dropped
-    and the pop repeated (one more trip each; only after a receiver was away
-    longer than ``expiry``). Stands where a Call's script goes."""
+    Redis a third of the script. When it pops an expired entry (a receiver was
+    away longer than ``expiry``), the entry is dropped and the Lua pop, which
+    drops the rest of the dead ones in the same call, looks again: two round
+    trips at most. Stands where a Call's script goes."""
 
     name = "compact pop (LPOP / LMPOP)"
 
@@ -70,46 +73,46 @@ class _PlainPop:
         self.lmpop = True  # False once a server answered that it lacks LMPOP
 
     def __call__(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        while True:
-            if len(keys) > 1 and not self.lmpop:
-                return POP(client, keys, [str(_now_ms()).encode()])
+        command = self._command(keys)
+        if command is not None:
             try:
-                reply = self._read(keys, client.execute_command(*self._command(keys)))
+                outcome = self._outcome(keys, client.execute_command(*command))
             except redis.ResponseError as error:
-                if not self._learn(error):
-                    raise
-                continue
-            if reply is None or _live(reply[1], _now_ms()):
-                return reply or False
+                outcome = self._learn(error)
+            if outcome is not _USE_SCRIPT:
+                return outcome
+        return POP(client, keys, [str(_now_ms()).encode()])
 
     async def call_async(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        while True:
-            if len(keys) > 1 and not self.lmpop:
-                return await POP.call_async(client, keys, [str(_now_ms()).encode()])
+        command = self._command(keys)
+        if command is not None:
             try:
-                reply = self._read(keys, await client.execute_command(*self._command(keys)))
+                outcome = self._outcome(keys, await client.execute_command(*command))
             except redis.ResponseError as error:
-                if not self._learn(error):
-                    raise
-                continue
-            if reply is None or _live(reply[1], _now_ms()):
-                return reply or False
+                outcome = self._learn(error)
+            if outcome is not _USE_SCRIPT:
+                return outcome
+        return await POP.call_async(client, keys, [str(_now_ms()).encode()])
+
+    def _command(self, keys: Sequence[Any]) -> Optional[Tuple[Any, ...]]:
+        if len(keys) == 1:
+            return ("LPOP", keys[0])
+        return ("LMPOP", len(keys), *keys, "LEFT") if self.lmpop else None
 
     @staticmethod
-    def _command(keys: Sequence[Any]) -> Tuple[Any, ...]:
-        return ("LPOP", keys[0]) if len(keys) == 1 else ("LMPOP", len(keys), *keys, "LEFT")
-
-    @staticmethod
-    def _read(keys: Sequence[Any], reply: Any) -> Optional[List[Any]]:
+    def _outcome(keys: Sequence[Any], reply: Any) -> Any:
+        """The pop's reply ({queue key, entry} or False), or _USE_SCRIPT for a dead entry
+        (dropped: the script drops the other dead ones at once and looks again)."""
         if not reply:
-            return None
-        return [keys[0], reply] if len(keys) == 1 else [reply[0], reply[1][0]]
+            return False
+        found = [keys[0], reply] if len(keys) == 1 else [reply[0], reply[1][0]]
+        return found if _live(found[1], _now_ms()) else _USE_SCRIPT
 
-    def _learn(self, error: Exception) -> bool:
+    def _learn(self, error: Exception) -> Any:
         if "unknown command" in str(error).lower() and self.lmpop:
-            self.lmpop = False
-            return True
-        return False
+            self.lmpop = False  # Redis < 7: the script from now on
+            return _USE_SCRIPT
+        raise error
 
 
 class CompactLayout(Layout):
@@ -165,6 +168,32 @@ class CompactLayout(Layout):
         """The global counters of the slot ``queue_key`` is in."""
         return self._stats_base + slot_tag(key_slot(queue_key)) + b"}#global"
 
+    # -- reading keys back (the CLI's inspect and stats) ---------------------------------
+
+    @property
+    def key_prefix(self) -> str:
+        """What every queue and group key of this layout starts with."""
+        return self.settings.prefix + "c1{"
+
+    def group_of(self, key: bytes) -> Optional[str]:
+        """The group a key holds, or None when it is no group key."""
+        if not key.startswith(self._queue_base) or not key.endswith(b"}:group"):
+            return None
+        return key[len(self._queue_base):-len(b"}:group")].decode("utf8", "replace")
+
+    def channel_of_stats_key(self, key: bytes) -> Optional[str]:
+        """The channel a counters hash is for, or None for global counters and foreign keys."""
+        if not key.startswith(self._stats_base) or key.endswith(b"}#global"):
+            return None
+        return self.channel_of(self._queue_base + key[len(self._stats_base):])
+
+    def entry_age(self, entry: Optional[bytes], now: float) -> Optional[float]:
+        """Seconds since an entry was sent, read from its deadline; None for no entry."""
+        deadline = entry[1:14] if entry else b""
+        if not deadline.isdigit():
+            return None
+        return max(0.0, self.settings.expiry - (int(deadline) / 1000.0 - now))
+
     def new_channel_probe(self, name: str) -> Command:
         return Command(("EXISTS", self.queue_key(name)))
 
@@ -192,10 +221,13 @@ class CompactLayout(Layout):
     # -- send --------------------------------------------------------------------------------
 
     def send_calls(self, runs: Sequence[Tuple[str, List[Body]]]) -> List[Call]:
+        """One call per hash slot with ``split_by_slot`` (a cluster); else one call
+        for every run (a plain Redis has no slots; each run's keys still share one)."""
         now = _now_ms()
         head = _VERSION_BYTE + b"%013d" % (now + self._expiry_ms)
         constants = [str(now).encode(), self._queue_ttl]
-        by_slot: Dict[int, Tuple[List[bytes], List[Any]]] = {}
+        done: List[Call] = []
+        open_calls: Dict[int, Tuple[List[bytes], List[Any], List[int]]] = {}
         for queue, bodies in runs:
             key, stats, global_stats, slot = self._send_keys(queue)
             entries: List[Any] = []
@@ -204,12 +236,15 @@ class CompactLayout(Layout):
                     entries += self._fanout_entries(head, queue, body)
                 else:
                     entries += [1, head + _SINGLE + body]
-            call = by_slot.get(slot)
-            if call is None:
-                call = by_slot[slot] = ([global_stats], [*constants])
-            call[0].extend((key, stats))
-            call[1].extend((self.settings.capacity_for(queue), len(entries) // 2, *entries))
-        return [Call(SEND, keys, args) for keys, args in by_slot.values()]
+            where = slot if self.split_by_slot else 0
+            call_keys, call_args, size = open_calls.setdefault(where, ([], [*constants], [0]))
+            call_keys.extend((key, stats, global_stats))
+            call_args.extend((self.settings.capacity_for(queue), len(entries) // 2, *entries))
+            size[0] += len(entries) // 2
+            if size[0] >= CALL_ENTRIES:  # bounds how long one call holds Redis
+                done.append(Call(SEND, call_keys, call_args))
+                del open_calls[where]
+        return done + [Call(SEND, keys, args) for keys, args, _ in open_calls.values()]
 
     def _send_keys(self, queue: str) -> Tuple[bytes, bytes, bytes, int]:
         """Queue key, its counters, its slot's global counters and the slot of a

@@ -1,5 +1,6 @@
--- KEYS[1] the global statistics hash of the hash slot every other key is in;
---   then for each run: its queue key (list), its channel statistics hash
+-- KEYS for each run: its queue key (list), its channel statistics hash, the
+--   global statistics hash of its hash slot (named to hash to that slot: a
+--   run's three keys share one slot; on a cluster a call holds runs of one slot)
 -- ARGV[1] now, unix ms by the sender's clock   ARGV[2] queue TTL in ms
 --   then for each run: capacity, entry count E, and E pairs of
 --   (messages the entry carries, the entry)
@@ -47,27 +48,28 @@ end
 
 -- The usual call, one entry on one queue (a send), without the general loop's tables
 if #KEYS == 3 and ARGV[4] == '1' then
-    local queue, messages = KEYS[2], tonumber(ARGV[5])
+    local queue, messages = KEYS[1], tonumber(ARGV[5])
     local over = redis.call('RPUSH', queue, ARGV[6]) - tonumber(ARGV[3])
     if over > 0 then
         over = over - trim_dead_head(queue, over)
     end
     if over > 0 then
         redis.call('RPOP', queue)  -- ours: the script runs alone, it is the tail
-        count(KEYS[3], 'channel_full_count', messages, CHANNEL_STATS_TTL)
-        count(KEYS[1], 'channel_full_count', messages, GLOBAL_STATS_TTL)
+        count(KEYS[2], 'channel_full_count', messages, CHANNEL_STATS_TTL)
+        count(KEYS[3], 'channel_full_count', messages, GLOBAL_STATS_TTL)
         return messages
     end
     redis.call('PEXPIRE', queue, queue_ttl)
-    count(KEYS[3], 'messages_count', messages, CHANNEL_STATS_TTL)
-    count(KEYS[1], 'messages_count', messages, GLOBAL_STATS_TTL)
+    count(KEYS[2], 'messages_count', messages, CHANNEL_STATS_TTL)
+    count(KEYS[3], 'messages_count', messages, GLOBAL_STATS_TTL)
     return 0
 end
 
-local sent_total, full_total = 0, 0
+local full_total = 0
+local globals, global_order = {}, {}  -- per global hash: {sent, refused}, counted once each
 local arg = 3
-for k = 2, #KEYS, 2 do
-    local queue, stats = KEYS[k], KEYS[k + 1]
+for k = 1, #KEYS, 3 do
+    local queue, stats, global = KEYS[k], KEYS[k + 1], KEYS[k + 2]
     local capacity = tonumber(ARGV[arg])
     local entries = tonumber(ARGV[arg + 1])
     local first = arg + 2
@@ -98,15 +100,25 @@ for k = 2, #KEYS, 2 do
         redis.call('HINCRBY', stats, 'channel_full_count', full)
     end
     redis.call('EXPIRE', stats, CHANNEL_STATS_TTL)
-    sent_total = sent_total + sent
+    local totals = globals[global]
+    if not totals then
+        totals = {0, 0}
+        globals[global] = totals
+        global_order[#global_order + 1] = global
+    end
+    totals[1] = totals[1] + sent
+    totals[2] = totals[2] + full
     full_total = full_total + full
 end
 
-if sent_total > 0 then
-    redis.call('HINCRBY', KEYS[1], 'messages_count', sent_total)
+for _, global in ipairs(global_order) do
+    local totals = globals[global]
+    if totals[1] > 0 then
+        redis.call('HINCRBY', global, 'messages_count', totals[1])
+    end
+    if totals[2] > 0 then
+        redis.call('HINCRBY', global, 'channel_full_count', totals[2])
+    end
+    redis.call('EXPIRE', global, GLOBAL_STATS_TTL)
 end
-if full_total > 0 then
-    redis.call('HINCRBY', KEYS[1], 'channel_full_count', full_total)
-end
-redis.call('EXPIRE', KEYS[1], GLOBAL_STATS_TTL)
 return full_total
