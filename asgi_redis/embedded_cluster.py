@@ -23,7 +23,9 @@ SIGKILLs only a node this fixture started.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import socket
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -77,8 +79,10 @@ class ClusterNode(EmbeddedRedis):
         with self.client(socket_timeout=5) as client:
             self.node_id = _text(client.execute_command("CLUSTER", "MYID"))
 
+    paused = False  # stopped with SIGSTOP: running, but answering nobody
+
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.poll() is None and not self.paused
 
 
 def _text(value: object) -> str:
@@ -254,6 +258,23 @@ class EmbeddedCluster:
         self._slots_of_killed[master.node_id] = owned
         master.kill()
 
+    def pause(self, node: ClusterNode) -> None:
+        """SIGSTOP ``node`` (ours): it answers nobody, as if cut off by a partition."""
+        if node not in self.nodes or not node.alive():
+            raise ValueError("not a running node of this cluster")
+        if node.node_id and self.is_master(node):
+            owned = [slot for slot, owner in self.slot_owners(node).items() if owner == node.node_id]
+            self._slots_of_killed[node.node_id] = owned
+        os.kill(node.pid, signal.SIGSTOP)  # type: ignore[arg-type]
+        node.paused = True
+
+    def resume(self, node: ClusterNode) -> None:
+        """SIGCONT a node :meth:`pause` stopped."""
+        if not node.paused:
+            raise ValueError("that node is not paused")
+        os.kill(node.pid, signal.SIGCONT)  # type: ignore[arg-type]
+        node.paused = False
+
     def wait_promotion(self, old_master: ClusterNode, timeout: float = 30.0) -> ClusterNode:
         """Wait until a replica owns the slots ``old_master`` had and every live node is ok;
         returns the new master."""
@@ -348,6 +369,8 @@ class EmbeddedCluster:
 
     def close(self) -> None:
         for node in self.nodes:
+            if node.paused:  # a stopped process ignores SIGTERM until it runs again
+                self.resume(node)
             node.close()
 
     def __enter__(self) -> EmbeddedCluster:

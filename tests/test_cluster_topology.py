@@ -28,6 +28,7 @@ class Traffic:
         self.channels, self.receive_on, self.group, self.pause = channels_to_send, receive_on, group, pause
         self.acked = []  # (channel or group, number, time acknowledged)
         self.send_failures = []  # (time, seconds the call took, error)
+        self.failed_targets = []  # the channel or group of each failed send
         self.received = []  # (channel, number)
         self.receive_failures = []
         self.stop_sending = threading.Event()
@@ -51,6 +52,7 @@ class Traffic:
                         self.sender.send(target, {"n": number})
                 except Exception as error:  # anything but ChannelLayerError fails the test below
                     self.send_failures.append((started, time.monotonic() - started, error))
+                    self.failed_targets.append(target)
                     continue
                 self.acked.append((target, number, time.monotonic()))
             time.sleep(self.pause)
@@ -109,7 +111,8 @@ def test_failover_under_traffic_no_duplicate_no_acknowledged_loss():
         victim = nodes.masters()[1]
         process = _name_on(nodes, probe, victim, "fail{}!")
         normal = _name_on(nodes, probe, victim, "failnormal{}")
-        traffic = Traffic(make, [process + "r", normal], [process, normal])
+        elsewhere = _name_on(nodes, probe, nodes.masters()[0], "failother{}!")  # a master that stays up
+        traffic = Traffic(make, [process + "r", normal, elsewhere + "r"], [process, normal, elsewhere])
         traffic.start()
         time.sleep(0.5)
         before_kill = len(traffic.acked)
@@ -130,13 +133,20 @@ def test_failover_under_traffic_no_duplicate_no_acknowledged_loss():
         assert max(failed) < 1.0 + 0.5 + 1.0  # never past socket_timeout (+ connect timeout)
         assert all(isinstance(error, LayerConnectionError) for _, _, error in traffic.send_failures)
         assert all(isinstance(error, LayerConnectionError) for _, error in traffic.receive_failures)
+        # the masters that stay up answer CLUSTERDOWN while a slot has no master (full coverage)
+        down = [error for _, _, error in traffic.send_failures if "CLUSTERDOWN" in str(error)]
         first_failure = min(at for at, _, _ in traffic.send_failures)
-        first_success_after = min(at for _, _, at in traffic.acked if at > first_failure)
+        # unavailable: from the first failed send to the first acknowledged one after it, on the dead
+        # master's channels (sends to a master that stays up may go on in between)
+        first_success_after = min(at for target, _, at in traffic.acked
+                                  if at > first_failure and target in (process + "r", normal))
+        others_failed = traffic.failed_targets.count(elsewhere + "r")
         print(f"\nfailover ({nodes.version()}): sends failed for {first_success_after - first_failure:.2f} s "
               f"({len(traffic.send_failures)} calls, slowest {max(failed) * 1000:.0f} ms); promotion "
               f"{promoted - killed:.2f} s after the kill; receive failures {len(traffic.receive_failures)}; "
               f"{len(traffic.acked)} sends acknowledged, {len(traffic.received)} received, "
-              f"{len(lost_before)} acknowledged before the crash lost, 0 duplicates")
+              f"{len(lost_before)} acknowledged before the crash lost, 0 duplicates; "
+              f"{len(down)} calls answered CLUSTERDOWN; {others_failed} sends to a master that stayed up failed")
     finally:
         for layer in made:
             layer.close()
@@ -224,4 +234,50 @@ def test_a_node_added_then_removed_is_followed_without_restart():
         assert nodes.address(added) not in layer.router.masters() and len(layer.router.masters()) == 3
     finally:
         layer.close()
+        nodes.close()
+
+
+def test_a_master_cut_off_times_out_clearly_then_its_replica_serves():
+    """SIGSTOP a master (as a partition would cut it off): calls to it time out within
+    socket_timeout with LayerConnectionError, its replica is promoted, calls go there;
+    resumed, the old master is a replica and the layer never goes back to it."""
+    nodes = RedisCluster(masters=3, replicas=1, node_timeout_ms=1000)
+    made = []
+
+    def make():
+        made.append(RedisClusterChannelLayer(
+            hosts=[nodes.url], expiry=60, connection_kwargs={"socket_timeout": 0.5, "socket_connect_timeout": 0.5}))
+        return made[-1]
+
+    try:
+        probe = make()
+        victim = nodes.masters()[2]
+        process = _name_on(nodes, probe, victim, "cut{}!")
+        traffic = Traffic(make, [process + "r"], [process], pause=0.005)
+        traffic.start()
+        time.sleep(0.5)
+        nodes.pause(victim)
+        nodes.wait_promotion(victim)
+        promoted = time.monotonic()
+        time.sleep(0.5)
+        nodes.resume(victim)
+        time.sleep(1.0)
+        traffic.finish()
+        assert traffic.send_failures, "the cut-off master was noticed"
+        assert all(isinstance(error, LayerConnectionError) for _, _, error in traffic.send_failures)
+        assert all(isinstance(error, LayerConnectionError) for _, error in traffic.receive_failures)
+        # bounded by the timeouts: a read, or a connect tried twice (the policy's one retry), plus slack
+        assert max(seconds for _, seconds, _ in traffic.send_failures) < 0.5 + 2 * 0.5 + 0.1 + 1.0
+        assert any("did not answer in time" in str(error) for _, _, error in traffic.send_failures)
+        assert not traffic.duplicates(), traffic.duplicates()[:10]
+        received = set(traffic.received)
+        after = [(target, n) for target, n, at in traffic.acked if at > promoted]
+        assert after and not [item for item in after if item not in received]
+        assert not nodes.is_master(victim)
+        print(f"\ncut-off master ({nodes.version()}): {len(traffic.send_failures)} sends failed "
+              f"(slowest {max(s for _, s, _ in traffic.send_failures) * 1000:.0f} ms), "
+              f"{len(traffic.receive_failures)} receives; {len(traffic.acked)} acknowledged, 0 duplicates")
+    finally:
+        for layer in made:
+            layer.close()
         nodes.close()

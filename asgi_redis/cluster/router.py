@@ -395,7 +395,7 @@ class ClusterRouter:
         if isinstance(reply, ClusterDownError):  # MASTERDOWN included
             self._stale = True
             return _wrap(f"{action} failed: Redis Cluster node {where} cannot serve hash slot {item.slot} "
-                         f"now ({reply}); a failover is probably under way", reply)
+                         f"now (CLUSTERDOWN: {reply}); a failover is probably under way", reply)
         if isinstance(reply, BusyLoadingError):
             return _wrap(f"{action} failed: Redis Cluster node {where} is loading its data ({reply})", reply)
         if isinstance(reply, ResponseError) and str(reply).startswith("UNBLOCKED"):
