@@ -12,6 +12,8 @@ import pytest
 from asgi_redis import RedisChannelLayer
 from asgi_redis.embedded import free_port
 
+from .helpers import LayerBuilder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "clitest:"
 STATS_PREFIX = "clitest-meta:"
@@ -45,19 +47,10 @@ def assert_one_line_error(result, status, *words):
 
 @pytest.fixture
 def cli_layer(redis_server):
-    made = []
-
-    def build(*servers):
-        layer = RedisChannelLayer(hosts=[s.url for s in servers or [redis_server]], prefix=PREFIX,
-                                  stats_prefix=STATS_PREFIX, group_expiry=60)
-        layer.flush()
-        made.append(layer)
-        return layer
-
-    yield build
-    for layer in made:
-        layer.flush()
-        layer.close()
+    """``cli_layer(*servers)``: a layer on those servers (default the test server), flushed before and after."""
+    builder = LayerBuilder(RedisChannelLayer, prefix=PREFIX, stats_prefix=STATS_PREFIX, group_expiry=60)
+    yield lambda *servers: builder(hosts=[s.url for s in servers or [redis_server]])
+    builder.close()
 
 
 def fill(layer):

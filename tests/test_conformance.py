@@ -1,6 +1,6 @@
 """asgiref 1.1.2's ASGI conformance suite, run against every configuration.
 
-Each configuration is a few lines: a subclass of ``helpers.LayerConformance``
+Each configuration is a few lines: a subclass of ``layer_conformance.LayerConformance``
 naming the layer keywords and the server fixtures they need. Other modes
 (Sentinel, local) subclass it in their own test modules.
 """
@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from .helpers import LayerConformance
+from .layer_conformance import LayerConformance
 from .servers import serving
 
 

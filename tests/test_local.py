@@ -12,7 +12,8 @@ import pytest
 
 from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer, waiting
 
-from .helpers import LayerConformance, built_layers
+from .helpers import built_layers
+from .layer_conformance import LayerConformance
 from .servers import RedisProcess, serving
 
 _BODY_KEY = re.compile(r"^asgi:[0-9a-f]{32}$")

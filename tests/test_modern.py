@@ -21,6 +21,7 @@ from asgi_redis.errors import ChannelFull as LayerChannelFull  # noqa: E402
 from asgi_redis.modern import ChannelFull, SyncChannelsRedisClient  # noqa: E402
 from asgi_redis.modern.bench import format_report, run_benchmark  # noqa: E402
 
+from .helpers import LayerBuilder  # noqa: E402
 from .servers import RedisProcess  # noqa: E402
 
 KEYS = ["first secret", "older secret"]
@@ -62,22 +63,19 @@ def queued_messages(server):
 
 @pytest.fixture
 def pair(redis_server):
-    """Build (our client, channels_redis layer) with the same config; both flushed after."""
-    made = []
+    """Build (our client, channels_redis layer) with the same config; the
+    client flushes before use, and it is flushed and closed after."""
+    clients = LayerBuilder(SyncChannelsRedisClient)
 
     def build(hosts=None, **config):
         config["hosts"] = hosts or [redis_server.url]
-        client = SyncChannelsRedisClient(**config)
+        client = clients(**config)
         layer = RedisChannelLayer(**config)
         layer.brpop_timeout = 0.2  # sharded normal channels: visit every shard quickly
-        client.flush()
-        made.append(client)
         return client, layer
 
     yield build
-    for client in made:
-        client.flush()
-        client.close()
+    clients.close()
 
 
 @pytest.fixture(params=["plain", "encrypted", "json"])

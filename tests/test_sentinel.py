@@ -17,7 +17,8 @@ from asgi_redis import LayerConnectionError, RedisSentinelChannelLayer, retry
 from asgi_redis.connections import shard_index
 from asgi_redis.sentinel import SentinelShards, parse_sentinel_hosts
 
-from .helpers import LayerConformance, built_layers
+from .helpers import built_layers
+from .layer_conformance import LayerConformance
 from .servers import free_port
 from .topology import SentinelTopology
 
