@@ -37,9 +37,8 @@ def redis_shards():
 @pytest.fixture
 def raw(redis_server):
     """A plain redis-py client on the test server, for inspecting the layout."""
-    client = redis_server.client()
-    yield client
-    client.close()
+    with redis_server.client() as client:
+        yield client
 
 
 @pytest.fixture

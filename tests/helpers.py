@@ -59,3 +59,15 @@ def built_layers(factory: Callable[..., Any], **options: Any) -> Iterator[LayerB
         yield builder
     finally:
         builder.close()
+
+
+def check_send_and_receive_cost_one_round_trip_each(layer: Any, round_trips: Any, channel: str) -> None:
+    """On a warm layer: sending ``{"a": 1}`` to ``channel`` is one round trip and
+    receiving it back is one more. Leaves ``round_trips.count`` at zero."""
+    round_trips.count = 0
+    layer.send(channel, {"a": 1})
+    assert round_trips.count == 1
+    round_trips.count = 0
+    assert layer.receive([channel]) == (channel, {"a": 1})
+    assert round_trips.count == 1
+    round_trips.count = 0

@@ -45,9 +45,8 @@ def _mode_config(mode, local_url):
 
 @pytest.fixture
 def remote_raw(remote_server):
-    client = remote_server.client()
-    yield client
-    client.close()
+    with remote_server.client() as client:
+        yield client
 
 
 @pytest.fixture
@@ -55,9 +54,8 @@ def local_raw(local_server):
     # through the socket itself, so the test also proves the socket is what the layer used
     import redis
 
-    client = redis.Redis(unix_socket_path=local_server.unix_socket)
-    yield client
-    client.close()
+    with redis.Redis(unix_socket_path=local_server.unix_socket) as client:
+        yield client
 
 
 @pytest.fixture
