@@ -1,4 +1,5 @@
-"""The layer builder every ``make_layer``-style fixture uses.
+"""Shared pieces of the test modules: the layer builder every ``make_layer``-
+style fixture uses, the one-round-trip check, and running the command line.
 
 Test modules import shared pieces from here, layer_conformance.py, servers.py
 and topology.py, never from each other or from conftest.py.
@@ -6,7 +7,12 @@ and topology.py, never from each other or from conftest.py.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List
+import os
+import subprocess
+import sys
+from typing import Any, Callable, Dict, Iterator, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 class LayerBuilder:
@@ -71,3 +77,30 @@ def check_send_and_receive_cost_one_round_trip_each(layer: Any, round_trips: Any
     assert layer.receive([channel]) == (channel, {"a": 1})
     assert round_trips.count == 1
     round_trips.count = 0
+
+
+def cli_environment() -> Dict[str, str]:
+    """This environment with the repository first on PYTHONPATH, so a
+    ``python -m asgi_redis`` subprocess runs the code under test."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_cli(*args: str, stdin: str = "", cwd: Any = None, timeout: float = 120,
+            module: str = "asgi_redis") -> subprocess.CompletedProcess:
+    """``python -m module args...`` as a user runs it, from the repository unless ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], input=stdin, capture_output=True, text=True,
+        cwd=cwd or ROOT, env=cli_environment(), timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, status: int, *words: str) -> None:
+    """The command exited with ``status`` and said one ``error:`` line naming every word."""
+    assert result.returncode == status, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "error:" in lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]

@@ -25,7 +25,8 @@ class LayerConformance(conformance.ConformanceTestCase):
     returning the layer's keywords. ``layer_config``'s parameters name the
     server fixtures it needs, as a pytest fixture's parameters do; the layer is
     built once per class (expiry 1 s, group expiry 2 s, capacity
-    ``capacity_limit``) and flushed before every test by the suite itself.
+    ``capacity_limit`` or 100 where that is None) and flushed before every
+    test by the suite itself.
     Every subclass is collected; this base is not.
     """
 

@@ -12,21 +12,11 @@ import pytest
 from asgi_redis import RedisChannelLayer
 from asgi_redis.embedded import free_port
 
-from .helpers import LayerBuilder
+from .helpers import ROOT, LayerBuilder, assert_one_line_error, cli_environment, run_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "clitest:"
 STATS_PREFIX = "clitest-meta:"
 COMMANDS = ["demo", "stats", "inspect", "flush", "bench"]
-
-
-def run_cli(*args, stdin="", cwd=None, timeout=120, module="asgi_redis"):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], input=stdin, capture_output=True, text=True,
-        cwd=cwd or ROOT, env=env, timeout=timeout,
-    )
 
 
 def location(*servers):
@@ -34,15 +24,6 @@ def location(*servers):
     for server in servers:
         args += ["--url", server.url]
     return args + ["--prefix", PREFIX, "--stats-prefix", STATS_PREFIX]
-
-
-def assert_one_line_error(result, status, *words):
-    assert result.returncode == status, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "error:" in lines[0]
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 @pytest.fixture
@@ -370,10 +351,9 @@ def test_demo_against_a_given_redis_leaves_nothing_behind(redis_server):
 
 
 def test_demo_stopped_with_sigterm_stops_everything_it_started():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     demo = subprocess.Popen([sys.executable, "-m", "asgi_redis", "demo", "--duration", "60", "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=cli_environment())
     try:
         lines = []
         for line in demo.stdout:
