@@ -26,6 +26,7 @@ from asgi_redis.modern import GroupMembershipError, SyncChannelsRedisClient, Syn
 from asgi_redis.modern.pubsub_bench import format_report, run_benchmark  # noqa: E402
 from asgi_redis.modern.pubsub_wire import group_channel, server_of  # noqa: E402
 
+from .helpers import LayerBuilder  # noqa: E402
 from .servers import RedisProcess  # noqa: E402
 
 KEYS = ["first secret", "older secret"]
@@ -97,27 +98,26 @@ def join(layer, group, channels):
 @pytest.fixture
 def site():
     """Build (producer, consumer factory) on some servers with one config;
-    every consumer layer is flushed (connections closed) after the test."""
-    made = []
+    every producer is closed and every consumer layer flushed (connections
+    closed) after the test."""
+    producers = LayerBuilder(SyncPubSubClient, flush_first=False, flush_after=False)
+    consumers = []  # channels_redis's async layers: flushed in our loop, not by the builder
 
     def build(servers, **config):
         hosts = [server.url for server in servers]
-        producer = SyncPubSubClient(hosts=hosts, **config)
+        producer = producers(hosts=hosts, **config)
 
         def consumer(**overrides):
             layer = RedisPubSubChannelLayer(hosts=hosts, **{**config, **overrides})
-            made.append(layer)
+            consumers.append(layer)
             return layer
 
-        made.append(producer)
         return producer, consumer
 
     yield build
-    for thing in made:
-        if isinstance(thing, SyncPubSubClient):
-            thing.close()
-        else:
-            run(thing.flush())
+    producers.close()
+    for layer in consumers:
+        run(layer.flush())
 
 
 @pytest.fixture(params=["plain", "encrypted", "json"])
