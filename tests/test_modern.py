@@ -22,19 +22,8 @@ from asgi_redis.modern import ChannelFull, SyncChannelsRedisClient, SyncPubSubCl
 from asgi_redis.modern.bench import format_report, run_benchmark  # noqa: E402
 
 from .helpers import LayerBuilder  # noqa: E402
+from .modern_support import CONFIGS, KEYS, run  # noqa: E402
 from .servers import RedisProcess  # noqa: E402
-
-KEYS = ["first secret", "older secret"]
-
-
-_loop = asyncio.new_event_loop()
-
-
-def run(coroutine, timeout=60):
-    """channels_redis's side, in one event loop for the module as in a real consumer
-    process (a fresh loop per call once left its receive stuck on a loaded machine);
-    a stall fails the test instead of hanging the run."""
-    return _loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
 
 
 def receive_all(layer, channels, timeout=10):
@@ -78,13 +67,9 @@ def pair(redis_server):
     clients.close()
 
 
-@pytest.fixture(params=["plain", "encrypted", "json"])
+@pytest.fixture(params=list(CONFIGS))
 def config(request):
-    return {
-        "plain": {},
-        "encrypted": {"symmetric_encryption_keys": KEYS},
-        "json": {"serializer_format": "json"},
-    }[request.param]
+    return CONFIGS[request.param]
 
 
 def test_send_reaches_specific_and_normal_channels(pair, config, redis_server):

@@ -27,16 +27,10 @@ from asgi_redis.modern.pubsub_bench import format_report, run_benchmark  # noqa:
 from asgi_redis.modern.pubsub_wire import group_channel, server_of  # noqa: E402
 
 from .helpers import LayerBuilder  # noqa: E402
+from .modern_support import CONFIGS, KEYS, LOOP, run  # noqa: E402
 from .servers import RedisProcess  # noqa: E402
 
-KEYS = ["first secret", "older secret"]
 PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
-
-_loop = asyncio.new_event_loop()
-
-
-def run(coroutine, timeout=60):
-    return _loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
 
 
 def subscriptions(servers, names):
@@ -64,7 +58,7 @@ def until_subscribed(servers, names):
 
 def listen(layer, channels, servers):
     """receive() tasks, one per channel, returned once every channel is subscribed."""
-    tasks = [_loop.create_task(layer.receive(channel)) for channel in channels]
+    tasks = [LOOP.create_task(layer.receive(channel)) for channel in channels]
     until_subscribed(servers, list(channels))
     return tasks
 
@@ -120,13 +114,9 @@ def site():
         run(layer.flush())
 
 
-@pytest.fixture(params=["plain", "encrypted", "json"])
+@pytest.fixture(params=list(CONFIGS))
 def config(request):
-    return {
-        "plain": {},
-        "encrypted": {"symmetric_encryption_keys": KEYS},
-        "json": {"serializer_format": "json"},
-    }[request.param]
+    return CONFIGS[request.param]
 
 
 def message_for(config, **fields):
