@@ -5,7 +5,8 @@ producers are checked under. Imported only in the ``modern`` tox env."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine, Dict
+import multiprocessing
+from typing import Any, Callable, Coroutine, Dict
 
 KEYS = ["first secret", "older secret"]
 
@@ -24,3 +25,11 @@ def run(coroutine: Coroutine, timeout: float = 60) -> Any:
     process (a fresh loop per call once left its receive stuck on a loaded machine);
     a stall fails the test instead of hanging the run."""
     return LOOP.run_until_complete(asyncio.wait_for(coroutine, timeout))
+
+
+def in_forked_child(target: Callable[..., Any], *args: Any) -> None:
+    """Run ``target(*args)`` in a forked child (a producer used before the fork) and check it succeeded."""
+    child = multiprocessing.get_context("fork").Process(target=target, args=args)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0

@@ -5,7 +5,6 @@ skips, since asgiref 1.1.2 and channels 4 cannot share an environment.
 """
 
 import asyncio
-import multiprocessing
 import os
 import threading
 
@@ -22,7 +21,7 @@ from asgi_redis.modern import ChannelFull, SyncChannelsRedisClient, SyncPubSubCl
 from asgi_redis.modern.bench import format_report, run_benchmark  # noqa: E402
 
 from .helpers import LayerBuilder  # noqa: E402
-from .modern_support import CONFIGS, KEYS, run  # noqa: E402
+from .modern_support import CONFIGS, KEYS, in_forked_child, run  # noqa: E402
 from .servers import RedisProcess  # noqa: E402
 
 
@@ -309,10 +308,7 @@ def test_fork_after_use(pair):
     [channel] = new_channels(layer, 1)
     client.group_add("forked", channel)
     client.send(channel, {"type": "from.parent"})  # the pool now holds a connection
-    child = multiprocessing.get_context("fork").Process(target=_send_from_child, args=(client, channel))
-    child.start()
-    child.join(30)
-    assert child.exitcode == 0
+    in_forked_child(_send_from_child, client, channel)
     client.send(channel, {"type": "parent.again"})
     got = receive_all(layer, [channel] * 4)
     assert [m["type"] for m in got] == ["from.parent", "from.child", "group.from.child", "parent.again"]

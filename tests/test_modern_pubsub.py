@@ -7,7 +7,6 @@ so a stall fails the test instead of hanging the run.
 """
 
 import asyncio
-import multiprocessing
 import threading
 import time
 
@@ -27,7 +26,7 @@ from asgi_redis.modern.pubsub_bench import format_report, run_benchmark  # noqa:
 from asgi_redis.modern.pubsub_wire import group_channel, server_of  # noqa: E402
 
 from .helpers import LayerBuilder  # noqa: E402
-from .modern_support import CONFIGS, KEYS, LOOP, run  # noqa: E402
+from .modern_support import CONFIGS, KEYS, LOOP, in_forked_child, run  # noqa: E402
 from .servers import RedisProcess  # noqa: E402
 
 PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
@@ -396,10 +395,7 @@ def test_fork_after_use(site, redis_server):
     [channel] = new_channels(layer, 1)
     until_subscribed([redis_server], [channel])
     producer.send(channel, {"type": "from.parent"})  # the pool now holds a connection
-    child = multiprocessing.get_context("fork").Process(target=_send_from_child, args=(producer, channel))
-    child.start()
-    child.join(30)
-    assert child.exitcode == 0
+    in_forked_child(_send_from_child, producer, channel)
     producer.send(channel, {"type": "parent.again"})
     got = receive_all(layer, [channel] * 3)
     assert [m["type"] for m in got] == ["from.parent", "from.child", "parent.again"]
