@@ -8,12 +8,12 @@ stopped by its own pid; nothing else is ever signalled.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 from asgi_redis.embedded import EmbeddedRedis, free_port
 from asgi_redis.embedded import find_redis_server as redis_server_binary
 
-__all__ = ["RedisProcess", "free_port", "redis_server_binary"]
+__all__ = ["RedisProcess", "free_port", "redis_server_binary", "serving"]
 
 
 class RedisProcess(EmbeddedRedis):
@@ -22,3 +22,12 @@ class RedisProcess(EmbeddedRedis):
     def __init__(self, extra_config: Optional[List[str]] = None, sentinel: bool = False,
                  port: Optional[int] = None, unix_socket: bool = False):
         super().__init__(extra_config=extra_config, port=port, sentinel=sentinel, unix_socket=unix_socket)
+
+
+def serving(**config) -> Iterator[RedisProcess]:
+    """Body of a server fixture: one process, yielded, then stopped by its pid."""
+    server = RedisProcess(**config)
+    try:
+        yield server
+    finally:
+        server.close()

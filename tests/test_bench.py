@@ -8,7 +8,7 @@ import pytest
 
 from asgi_redis.bench import _second_database
 
-from .test_cli import assert_one_line_error, run_cli
+from .helpers import assert_one_line_error, run_cli
 
 EXPECTED_ROWS = [
     "send", "send + receive pair", "blocking receive p50", "blocking receive p99",
