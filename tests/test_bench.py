@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from asgi_redis.bench import _second_database
+from asgi_redis.tools.bench import _second_database
 
 from .test_cli import assert_one_line_error, run_cli
 

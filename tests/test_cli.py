@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from asgi_redis import RedisChannelLayer
-from asgi_redis.embedded import free_port
+from asgi_redis.tools.embedded import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "clitest:"

@@ -6,7 +6,7 @@ the workers' process-specific (``!``) channels gets broadcasts. A progress
 line shows messages/s and latency while it runs, a summary closes it.
 
 Without --url or --settings it starts its own redis-server (see
-asgi_redis.embedded). It writes under a prefix of its own, removes its keys
+asgi_redis.tools.embedded). It writes under a prefix of its own, removes its keys
 at the end and stops everything it started, by pid, also on Ctrl-C.
 """
 
@@ -19,11 +19,12 @@ import secrets
 import sys
 import time
 from contextlib import ExitStack
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Type
 
+from ..core import RedisChannelLayer
 from .command_options import CommandError, finish_config, has_location, layer_config
-from .core import RedisChannelLayer
 from .embedded import EmbeddedRedis, cleanup_on_sigterm
+from .output import percentile
 
 WORK_CHANNEL = "demo.work"
 GROUP = "demo.room"
@@ -268,13 +269,6 @@ def _work_line(received: int, elapsed: float, recent: List[Any]) -> str:
 def _group_line(done: int, total: int, members: int, send_times: List[float], fan_out: List[float]) -> str:
     return (f"broadcast {done}/{total}  {done * members:,} deliveries  send_group p50 {_ms(send_times, 50)}  "
             f"all {members} answered p50 {_ms(fan_out, 50)}")
-
-
-def percentile(values: List[float], percent: float) -> Optional[float]:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * percent / 100))]
 
 
 def _ms(values: List[float], percent: float) -> str:
