@@ -12,7 +12,7 @@ same run, with the ratio:
 
 The machine's speed drifts, so ours and raw run in alternating short rounds
 and each ratio is the median of the per-round ratios. Without --url or
---settings it starts its own redis-server(s); it writes under its own prefix
+--settings it starts its own server(s) (asgi_redis.tools.embedded); it writes under its own prefix
 and removes its keys at the end.
 """
 
@@ -45,7 +45,7 @@ from .command_options import (
     layer_config,
     run_command,
 )
-from .embedded import EmbeddedRedis, cleanup_on_sigterm
+from .embedded import EmbeddedRedis, cleanup_on_sigterm, describe_server
 from .output import format_table, percentile
 
 MESSAGE = {  # about the size of a Channels 1.x http.request
@@ -380,18 +380,18 @@ def run(args: argparse.Namespace) -> int:
             _, config = layer_config(args)
             hosts = list(config.pop("hosts", None) or RedisChannelLayer.default_hosts)
             single, pair = hosts[:1], hosts[:2] if len(hosts) > 1 else [hosts[0], _second_database(hosts[0])]
-            where = "the configured Redis" + ("" if len(hosts) > 1 else " (2 shards: databases 0 and 1)")
+            where = "the configured {server}" + ("" if len(hosts) > 1 else " (2 shards: databases 0 and 1)")
         else:
             servers = [EmbeddedRedis(), EmbeddedRedis()]
             for server in servers:
                 cleanup.callback(server.close)
             config, single, pair = {}, [servers[0].url], [s.url for s in servers]
-            where = f"embedded Redis {servers[0].version()} (2-shard variant: a second one)"
+            where = "embedded {server} (2-shard variant: a second one)"
         bench = Bench(single, pair, config, args)
         cleanup.callback(bench.close)
         cleanup.callback(bench.cleanup_raw_keys)
-        version = bench.raw.info("server").get("redis_version", "?")
-        title = (f"asgi_redis {__version__} on {where}: Redis {version}, Python {platform.python_version()}, "
+        where = where.format(server=describe_server(bench.raw))  # "Valkey 9.1.2", "Redis 7.0.15"
+        title = (f"asgi_redis {__version__} on {where}: Python {platform.python_version()}, "
                  f"redis-py {redis.__version__}, {bench.rounds} alternating rounds")
         if not args.json:
             print(title, flush=True)

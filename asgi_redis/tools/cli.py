@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="watch the layer work live (starts an embedded Redis when no --url is given)",
+        "demo", help="watch the layer work live (starts an embedded Valkey or Redis when no --url is given)",
         description="Show the layer working: worker processes consuming a channel, replies on a "
                     "'?' channel, a group broadcast; live messages/s and latency, then a summary. "
                     "Without --url or --settings it starts its own Redis. It writes under its own "

