@@ -12,9 +12,8 @@ import pytest
 from asgi_redis import RedisChannelLayer
 from asgi_redis.tools.embedded import binary_identity, free_port
 
-from .servers import redis_server_binary
-
 from .helpers import ROOT, LayerBuilder, assert_one_line_error, cli_environment, run_cli
+from .servers import redis_server_binary
 
 PREFIX = "clitest:"
 STATS_PREFIX = "clitest-meta:"
