@@ -183,7 +183,7 @@ def _compact_statistics_channels(layer: RedisChannelLayer, limit: int) -> List[s
     """The same for the compact layout: its counter hashes are named as their queues."""
     names: Dict[str, None] = {}
     for _, client in shards_of(layer):
-        for keys in scan_batches(client, layer.stats_prefix):
+        for keys in _keys_under(client, layer.stats_prefix):
             for key in keys:
                 name = layer.layout.channel_of_stats_key(key)
                 if name is not None and _is_channel_name(name):
