@@ -4,26 +4,20 @@ or a settings module whose BACKEND is RedisClusterChannelLayer; run as a subproc
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from asgi_redis import RedisClusterChannelLayer
 
-from .cluster import RedisCluster
+from .helpers import run_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "clitest:"
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    nodes = RedisCluster(masters=3, replicas=0, node_timeout_ms=3000)
-    yield nodes
-    nodes.close()
+@pytest.fixture
+def cluster(redis_cluster):
+    return redis_cluster
 
 
 @pytest.fixture
@@ -33,13 +27,6 @@ def layer(cluster):
     yield built
     built.flush()
     built.close()
-
-
-def run_cli(*args, cwd=None, timeout=180):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "asgi_redis", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=timeout)
 
 
 def test_stats_inspect_and_flush_from_one_node_url(cluster, layer):
@@ -98,7 +85,7 @@ def test_demo_and_bench_against_the_cluster(cluster):
                    "--broadcasts", "2")
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "2 broadcasts x 3 members: 6/6 delivered" in demo.stdout
-    bench = run_cli("bench", "--quick", "--url", cluster.url)
+    bench = run_cli("bench", "--quick", "--url", cluster.url, timeout=300)
     assert bench.returncode == 0, bench.stdout + bench.stderr
     assert "cluster: send" in bench.stdout and "target: cluster send" in bench.stdout
     for node in cluster.masters():

@@ -5,6 +5,7 @@ the socket, flush and statistics over every master, the asyncio extension."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
@@ -13,37 +14,19 @@ import pytest
 from asgi_redis import ChannelFull, LayerConnectionError, RedisClusterChannelLayer
 from asgi_redis.cluster import NotACluster, key_slot
 
-from .cluster import RedisCluster
-from .conftest import built_layers
+from .helpers import built_layers
+from .layer_conformance import LayerConformance
 from .servers import RedisProcess
-from .test_conformance import LayerConformance
-
-_clusters = {}
-
-
-def _cluster():
-    # one cluster for the module, shared by the fixtures and the unittest conformance classes
-    if "main" not in _clusters:
-        _clusters["main"] = RedisCluster(masters=3, replicas=1, node_timeout_ms=3000)
-    return _clusters["main"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_cluster():
-    yield
-    for nodes in _clusters.values():
-        nodes.close()
-    _clusters.clear()
 
 
 @pytest.fixture
-def cluster():
-    return _cluster()
+def cluster(redis_cluster):
+    return redis_cluster
 
 
 @pytest.fixture
-def make_layer(cluster):
-    yield from built_layers(RedisClusterChannelLayer, hosts=[cluster.url], expiry=1, group_expiry=2)
+def make_layer(redis_cluster):
+    yield from built_layers(RedisClusterChannelLayer, hosts=[redis_cluster.url], expiry=1, group_expiry=2)
 
 
 def no_rescue(layer):
@@ -60,42 +43,30 @@ def owner_port(cluster, key):
 # -- conformance: asgiref 1.1.2's suite -------------------------------------------------------
 
 
-class ClusterConformance(LayerConformance):
+class TestClusterPlain(LayerConformance):
     layer_class = RedisClusterChannelLayer
 
-    @classmethod
-    def layer_config(cls):
-        return {"hosts": [_cluster().url]}
+    @staticmethod
+    def layer_config(redis_cluster):
+        return {"hosts": [redis_cluster.url]}
 
 
-ClusterConformance.__test__ = False
+class TestClusterEncrypted(LayerConformance):
+    layer_class = RedisClusterChannelLayer
+
+    @staticmethod
+    def layer_config(redis_cluster):
+        return {"hosts": [redis_cluster.url], "symmetric_encryption_keys": ["new key", "old key"]}
 
 
-class TestClusterPlain(ClusterConformance):
-    __test__ = True
+class TestClusterCapacityMap(LayerConformance):
+    """The default capacity is large; the map brings every test channel down to 5."""
 
+    layer_class = RedisClusterChannelLayer
 
-class TestClusterEncrypted(ClusterConformance):
-    __test__ = True
-
-    @classmethod
-    def layer_config(cls):
-        return {**super().layer_config(), "symmetric_encryption_keys": ["new key", "old key"]}
-
-
-class TestClusterCapacityMap(ClusterConformance):
-    __test__ = True
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.channel_layer.capacity = 100
-
-    @classmethod
-    def layer_config(cls):
-        import re
-
-        return {**super().layer_config(), "capacity": 100,
+    @staticmethod
+    def layer_config(redis_cluster):
+        return {"hosts": [redis_cluster.url], "capacity": 100,
                 "channel_capacity": {re.compile(r"^cap_"): 5, "capp!": 5, "*": 5}}
 
 
@@ -324,6 +295,7 @@ def test_receive_async(cluster, make_layer):
 
 def test_unreachable_cluster_is_a_layer_connection_error():
     from .cluster import free_cluster_port
+
 
     layer = RedisClusterChannelLayer(hosts=[f"redis://127.0.0.1:{free_cluster_port()}"])
     try:

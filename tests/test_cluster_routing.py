@@ -30,12 +30,9 @@ SLOW_INCR = LuaScript(
 PAIR_SCRIPT = LuaScript("pair_test", b"return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    # a node timeout well above the busy script below, so no test here causes a failover
-    nodes = RedisCluster(masters=3, replicas=1, node_timeout_ms=3000)
-    yield nodes
-    nodes.close()
+@pytest.fixture
+def cluster(redis_cluster):
+    return redis_cluster
 
 
 @pytest.fixture

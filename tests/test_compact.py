@@ -13,7 +13,7 @@ from asgi_redis.layouts.base import Call, LayoutMismatch, LayoutSettings
 from asgi_redis.layouts.compact import FANOUT_CHUNK
 from asgi_redis.layouts.slots import crc16, key_slot, slot_tag
 
-from .conftest import built_layers
+from .helpers import built_layers
 
 
 @pytest.fixture

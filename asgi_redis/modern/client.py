@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import msgpack
 import redis
@@ -25,9 +25,7 @@ from ..keyspace import glob_escape, scan_batches
 from ..scripts import LuaScript, load_script
 from . import wire
 from .hosts import decode_hosts, describe_host, make_client
-
-if TYPE_CHECKING:
-    from .settings import Producer
+from .settings import Producer, producer_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +103,6 @@ class SyncChannelsRedisClient:
         :class:`~asgi_redis.modern.pubsub.SyncPubSubClient` for its pub/sub layer
         (see :mod:`asgi_redis.modern.settings`).
         """
-        from .settings import producer_from_settings
-
         return producer_from_settings(alias, channel_layers, core_class=cls)
 
     # -- the channel layer API, synchronous ---------------------------------

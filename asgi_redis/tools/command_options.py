@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, Callable, Dict, Optional, Tuple, Type
 
-from .core import RedisChannelLayer
+from ..core import RedisChannelLayer
 
 USAGE_ERROR = 2
 RUNTIME_ERROR = 1
@@ -60,7 +60,7 @@ def layer_config(args: argparse.Namespace) -> Tuple[Type[RedisChannelLayer], Dic
         backend, config = RedisChannelLayer, {}
         if args.urls and _is_cluster_node(args.urls[0]):
             # --url of a cluster node: the other nodes are discovered from it
-            from .cluster.layer import RedisClusterChannelLayer
+            from ..cluster.layer import RedisClusterChannelLayer
             backend = RedisClusterChannelLayer
     if args.urls:
         config["hosts"] = list(args.urls)
@@ -74,7 +74,7 @@ def layer_config(args: argparse.Namespace) -> Tuple[Type[RedisChannelLayer], Dic
 
 
 def _is_cluster_node(url: str) -> bool:
-    from .cluster.nodes import cluster_enabled
+    from ..cluster.nodes import cluster_enabled
 
     try:
         return bool(cluster_enabled(url, _CLI_CONNECTION_DEFAULTS))
@@ -184,8 +184,8 @@ def run_command(prog: str, command: Callable[[argparse.Namespace], int], args: a
     """Run a subcommand, turning every expected failure into one line and an exit status."""
     import redis
 
+    from ..errors import LayerConnectionError
     from .embedded import NoRedisServer
-    from .errors import LayerConnectionError
 
     try:
         return command(args)

@@ -1,6 +1,6 @@
 """The cluster benchmark: RedisClusterChannelLayer beside bare redis-py on the same node, in one run.
 
-``python -m asgi_redis.cluster_bench`` starts its own 3-master loopback
+``python -m asgi_redis.tools.cluster_bench`` starts its own 3-master loopback
 cluster; with ``--url`` of a cluster node (or ``asgi-redis bench --url`` of
 one: cluster mode is detected) it measures that cluster. Each figure of ours
 is printed beside bare redis-py on the node that serves the channel, over
@@ -27,14 +27,16 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict
+from statistics import median
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import redis
 
-from . import __version__
-from .bench import MESSAGE, TRIVIAL_SCRIPT, Row, _alternate, _BlockingProbe, _figure, _percentile, render
-from .cluster.keyslot import key_slot
-from .cluster.layer import RedisClusterChannelLayer
+from .. import __version__
+from ..cluster.keyslot import key_slot
+from ..cluster.layer import RedisClusterChannelLayer
+from ..scripts import Command
+from .bench import MESSAGE, TRIVIAL_SCRIPT, Row, _alternate, _BlockingProbe, _figure, render
 from .command_options import (
     CommandError,
     OneLineErrorParser,
@@ -46,6 +48,7 @@ from .command_options import (
 )
 from .embedded import cleanup_on_sigterm
 from .embedded_cluster import EmbeddedCluster
+from .output import percentile
 
 SEND_TARGET = 0.8
 GROUP_TARGET_MS = 20.0
@@ -121,7 +124,7 @@ class ClusterBench:
                     (ours if which == "ours" else raw)(i)
                 (ours_rates if which == "ours" else raw_rates).append(self.ops / (time.perf_counter() - started))
         ratios = [o / r for o, r in zip(ours_rates, raw_rates)]
-        return self._add(Row(name, "/s", _median(ours_rates), _median(raw_rates), raw_label, _median(ratios)))
+        return self._add(Row(name, "/s", median(ours_rates), median(raw_rates), raw_label, median(ratios)))
 
     def _pair(self, channel: str, receive_on: List[str]) -> None:
         self.layer.send(channel, MESSAGE)
@@ -150,7 +153,7 @@ class ClusterBench:
             raw.close()
         rows = []
         for percent in (50, 99):
-            ours_value, raw_value = _percentile(ours_times, percent), _percentile(raw_times, percent)
+            ours_value, raw_value = percentile(ours_times, percent), percentile(raw_times, percent)
             rows.append(self._add(Row(f"cluster: blocking receive p{percent}", "ms", ours_value * 1000,
                                       raw_value * 1000, "RPUSH waking a BLPOP", raw_value / ours_value)))
         return rows
@@ -177,8 +180,8 @@ class ClusterBench:
                 self._drain(names, processes)
         ratios = [r / o for o, r in zip(ours_times, raw_times)]
         return self._add(Row(f"cluster: send_group {self.members:,} members of {processes} "
-                             f"process{'es' if processes > 1 else ''}", "ms", _median(ours_times) * 1000,
-                             _median(raw_times) * 1000, "ZRANGE + one RPUSH pipeline per master", _median(ratios)))
+                             f"process{'es' if processes > 1 else ''}", "ms", median(ours_times) * 1000,
+                             median(raw_times) * 1000, "ZRANGE + one RPUSH pipeline per master", median(ratios)))
 
     def _raw_group(self, group: str, body: bytes) -> None:
         group_key = self.layer.layout.group_key(group).encode("utf8")
@@ -197,8 +200,6 @@ class ClusterBench:
 
     def _drain(self, names: List[str], processes: int) -> None:
         # not timed: keeps queues short and memory flat (the group itself stays)
-        from .scripts import Command
-
         queues = {self.layer.layout.queue_key(name.partition("!")[0] + "!") for name in names}
         raw = {b"{" + name.encode() + b"}asgi-bench-raw" for name in names}
         self.layer.router.run([Command(("DEL", key)) for key in queues | raw], "bench cleanup")
@@ -206,12 +207,6 @@ class ClusterBench:
     def _add(self, row: Row) -> Row:
         self.rows.append(row)
         return row
-
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def targets(rows: Sequence[Row]) -> List[str]:
@@ -261,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = OneLineErrorParser(prog="python -m asgi_redis.cluster_bench", description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(prog="python -m asgi_redis.tools.cluster_bench", description=__doc__.split("\n\n")[0])
     add_layer_options(parser)
     add_arguments(parser)
     return run_command(parser.prog, run, parser.parse_args(argv))
