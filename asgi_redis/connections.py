@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from . import retry
+from . import exhaustion, retry
 
 HostSpec = Union[str, Tuple[str, int]]
 
@@ -97,7 +97,7 @@ def describe(host: HostSpec) -> str:
 
 
 def make_client(host: HostSpec, connection_kwargs: Dict[str, Any]) -> redis.Redis:
-    kwargs = {**retry.client_defaults(), **connection_kwargs}
+    kwargs = {**retry.client_defaults(), **exhaustion.client_defaults(connection_kwargs), **connection_kwargs}
     try:
         if isinstance(host, str):
             return retry.install(redis.Redis.from_url(host, **kwargs))

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 import redis
 from redis.exceptions import NoScriptError
 
-from . import scripts, spec
+from . import exhaustion, loop_scope, scripts, spec
 from .connections import HostShards
 from .errors import LayerConnectionError
 from .receiving import (
@@ -181,6 +181,9 @@ class ExtensionsMixin:
         clients = per_loop.get(loop)
         if clients is None:
             clients = per_loop[loop] = _AsyncClients(self.connection_kwargs)
+            # the clients refer to their loop, so the weak mapping alone never drops them
+            if self.close_async not in loop_scope.pending_closers(loop):
+                loop_scope.close_with_loop(loop, self.close_async)
         return clients
 
 
@@ -241,7 +244,8 @@ class _AsyncClients:
         from redis.backoff import NoBackoff
 
         # no blind retries, as for the sync clients (connections.py): at most once
-        kwargs = {**self.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+        kwargs = {**exhaustion.client_defaults(self.connection_kwargs), **self.connection_kwargs,
+                  "retry": Retry(NoBackoff(), 0)}
         host = shards.hosts[index]
         try:
             if isinstance(host, str):

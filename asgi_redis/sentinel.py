@@ -26,7 +26,7 @@ from redis.connection import SSLConnection
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, SentinelConnectionPool, SentinelManagedConnection
 
-from . import retry
+from . import exhaustion, retry
 from .connections import ShardSet
 from .core import RedisChannelLayer
 from .errors import LayerConnectionError
@@ -305,7 +305,8 @@ class SentinelShards(ShardSet):
         self._clients = [self._master_client(service, connection_kwargs) for service in self.services]
 
     def _master_client(self, service: str, connection_kwargs: Dict[str, Any]) -> redis.Redis:
-        kwargs = {**retry.client_defaults(), **_MASTER_DEFAULTS, **connection_kwargs}
+        kwargs = {**retry.client_defaults(), **exhaustion.client_defaults(connection_kwargs),
+                  **_MASTER_DEFAULTS, **connection_kwargs}
         kwargs["connection_class"] = _MasterSSLConnection if kwargs.pop("ssl", False) else _MasterConnection
         try:
             pool = SentinelConnectionPool(service, self, **kwargs)
