@@ -99,7 +99,7 @@ def client_defaults(connection_kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {} if driver_info is None else {"driver_info": driver_info}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _driver_info() -> Any:
     try:
         from redis.driver_info import DriverInfo

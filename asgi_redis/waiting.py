@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 import redis
 
-from . import scripts
+from . import exhaustion, scripts
 from .connections import ShardSet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,6 +108,12 @@ class PendingPops:
             return True
         except redis.ResponseError:
             self.unblock_refused = True  # an ACL user without CLIENT UNBLOCK
+            return False
+        except (redis.ConnectionError, OSError) as error:
+            # no second connection to be had (out of descriptors, maxclients): end the
+            # wait by closing its socket, so a message another wait popped is not lost
+            if not exhaustion.is_exhaustion(error):
+                raise
             return False
 
     def _abandon(self) -> None:
