@@ -176,6 +176,8 @@ class Sentinels:
             try:
                 answer = question(self._clients[number])
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as error:
+                if exhaustion.descriptor_errno(error):
+                    raise  # this process is out of descriptors: every other sentinel would be too
                 failures.append(f"{self.addresses[number]}: {error}")
                 continue
             if answer is None:

@@ -28,7 +28,7 @@ import time
 import pytest
 import redis
 
-from asgi_redis import LayerConnectionError, RedisChannelLayer, RedisLocalChannelLayer
+from asgi_redis import LayerConnectionError, RedisChannelLayer, RedisLocalChannelLayer, RedisSentinelChannelLayer
 
 from .servers import RedisProcess
 
@@ -436,3 +436,35 @@ def test_full_pool_says_so(redis_server):
     assert layer.receive(["pool.other?x"]) == ("pool.other?x", {"n": 1})
     layer.close()
     looking[0].close()
+
+
+def test_sentinel_layer_out_of_descriptors_fails_clearly_and_recovers():
+    """Asking a sentinel for the master needs a connection too: both say which limit."""
+    master = RedisProcess()
+    sentinel = RedisProcess(sentinel=True, extra_config=[f"sentinel monitor svc 127.0.0.1 {master.port} 1"])
+    layer = None
+    try:
+        layer = RedisSentinelChannelLayer(hosts=[sentinel.address], services=["svc"], expiry=5)
+        layer.blpop_timeout = 0.2
+        for warm in (False, True):  # no connection yet; then the master known, its pool closed
+            if warm:
+                layer.send("sn.warm?x", {"n": 0})
+                assert layer.receive(["sn.warm?x"]) == ("sn.warm?x", {"n": 0})
+                layer.close()
+            with descriptors_exhausted() as exhausted:
+                for call in (
+                    lambda: layer.send("sn.a?x", {"n": 1}),
+                    lambda: layer.receive(["sn.a?x"], block=True),
+                ):
+                    with pytest.raises(LayerConnectionError) as raised:
+                        call()
+                    assert_names_the_limit(raised.value)
+                exhausted.release(16)
+                layer.send("sn.a?x", {"n": 2})
+                assert layer.receive(["sn.a?x"]) == ("sn.a?x", {"n": 2})
+        assert layer_keys(master) == set()
+    finally:
+        if layer is not None:
+            layer.close()
+        sentinel.close()
+        master.close()
