@@ -39,7 +39,7 @@ import tracemalloc
 
 import pytest
 
-from asgi_redis import LayerConnectionError, RedisChannelLayer
+from asgi_redis import LayerConnectionError, RedisChannelLayer, loop_scope
 
 from .servers import RedisProcess
 
@@ -361,3 +361,54 @@ def test_long_life_soak():
     result = run_long_life(total, per_thread=2_500)
     report("long life (soak)", result)
     check_bounds(result, total)
+
+
+def descriptor_targets():
+    targets = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:  # the listing's own descriptor, closed already
+            pass
+    return targets
+
+
+def test_a_loop_per_thread_leaves_no_connection_behind(redis_server):
+    """receive_async opens redis.asyncio connections on the running loop; they are
+    closed with that loop, not kept (with their descriptors) for the layer's life."""
+    layer = RedisChannelLayer(hosts=[redis_server.url], expiry=5, connection_kwargs={"client_name": CLIENT_NAME})
+    layer.extension_receive_timeout = 0.01
+    watcher = redis_server.client()
+
+    def named():
+        return sum(1 for client in watcher.client_list() if client.get("name") == CLIENT_NAME)
+
+    async def receive_once(n):
+        layer.send(f"loops?{n}", {"n": n})
+        assert await layer.receive_async([f"loops?{n}"]) == (f"loops?{n}", {"n": n})
+
+    try:
+        layer.send("loops?warm", {})  # the sync pool's one connection
+        watcher.ping()
+        before, before_targets = len(os.listdir("/proc/self/fd")), descriptor_targets()
+        for n in range(20):
+            thread = threading.Thread(target=asyncio.run, args=(receive_once(n),))
+            thread.start()
+            thread.join(60)
+        assert named() <= 1, named()
+        assert len(os.listdir("/proc/self/fd")) <= before, sorted(set(descriptor_targets()) - set(before_targets))
+        assert len(layer._async_clients_by_loop) == 0
+
+        async def close_and_receive_again():
+            for n in range(5):
+                await receive_once(100 + n)
+                await layer.close_async()
+            # one closer per layer and loop, however often the user closed in between
+            assert loop_scope.pending_closers(asyncio.get_running_loop()).count(layer.close_async) <= 1
+
+        asyncio.run(close_and_receive_again())
+        assert named() <= 1, named()
+    finally:
+        watcher.close()
+        layer.flush()
+        layer.close()
