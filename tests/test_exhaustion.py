@@ -231,7 +231,7 @@ def test_message_arriving_during_an_exhausted_wait_is_not_lost(two_shard_layer, 
     """A wait on both shards whose cancel cannot open a connection: the message that
     woke it is still delivered (the other shard's wait is ended by closing its socket)."""
     layer = two_shard_layer()
-    layer.blpop_timeout = 10
+    layer.blpop_timeout = 60  # ended by the message, not by a clock
     channels = names_per_shard(layer, "ex.wake?{}")
     sender = two_shard_layer()
     for index in range(len(channels)):  # one pooled connection per shard, in both layers
@@ -421,11 +421,16 @@ def test_server_at_maxclients_refuses_clearly_then_recovers():
 
 def test_full_pool_says_so(redis_server):
     layer = RedisChannelLayer(hosts=[redis_server.url], expiry=5, connection_kwargs={"max_connections": 2})
-    layer.blpop_timeout = 3
-    waiting = [threading.Thread(target=layer.receive, args=([f"pool.wait?{n}"], True)) for n in range(2)]
+    layer.blpop_timeout = 60  # the waits end when woken below, not by a clock
+    results = []
+    waiting = [
+        threading.Thread(target=lambda n=n: results.append(layer.receive([f"pool.wait?{n}"], True)))
+        for n in range(2)
+    ]
     for thread in waiting:
         thread.start()
     looking = watchers([redis_server])
+    waker = RedisChannelLayer(hosts=[redis_server.url], expiry=5)
     try:
         _wait_for_blocked_clients(looking, 2)
         with pytest.raises(LayerConnectionError) as raised:
@@ -433,12 +438,16 @@ def test_full_pool_says_so(redis_server):
         text = str(raised.value)
         assert "max_connections=2" in text and "in use" in text, text
     finally:
+        for n in range(2):
+            waker.send(f"pool.wait?{n}", {"wake": n})
         for thread in waiting:
             thread.join(30)
+        waker.close()
+        looking[0].close()
+    assert sorted(results, key=repr) == [(f"pool.wait?{n}", {"wake": n}) for n in range(2)]
     layer.send("pool.other?x", {"n": 1})
     assert layer.receive(["pool.other?x"]) == ("pool.other?x", {"n": 1})
     layer.close()
-    looking[0].close()
 
 
 def test_sentinel_layer_out_of_descriptors_fails_clearly_and_recovers():
