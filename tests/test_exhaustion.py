@@ -30,10 +30,11 @@ import redis
 
 from asgi_redis import LayerConnectionError, RedisChannelLayer, RedisLocalChannelLayer, RedisSentinelChannelLayer
 
-from .servers import RedisProcess
+from .servers import serving
 
 HELD_AT_LEAST = 1500  # descriptors the exhausted process really holds
 SOFT_LIMIT = 1600
+PREFIX = "exhaustion:"  # layers on the session's shared server keep to their own keys
 POOL_SIZE = 10
 FAILING_CALLS = 15  # more than the pool's max_connections
 
@@ -92,6 +93,23 @@ def layer_keys(*servers, prefix=b"asgi:"):
         keys |= {key for key in client.keys("*") if key.startswith(prefix)}
         client.close()
     return keys
+
+
+@pytest.fixture
+def unix_server():
+    yield from serving(unix_socket=True)
+
+
+@pytest.fixture
+def crowded_server():
+    """A server that accepts only a handful of clients."""
+    yield from serving(extra_config=["maxclients 4"])
+
+
+@pytest.fixture
+def sentinel_of(redis_server):
+    """One sentinel monitoring the session server as service ``svc``."""
+    yield from serving(sentinel=True, extra_config=[f"sentinel monitor svc 127.0.0.1 {redis_server.port} 1"])
 
 
 @pytest.fixture
@@ -295,9 +313,10 @@ def test_asyncio_receive_out_of_descriptors_fails_clearly_and_recovers(redis_ser
         layer.close()
 
 
-def test_local_layer_out_of_descriptors_fails_clearly_and_recovers():
-    remote, local = RedisProcess(), RedisProcess(unix_socket=True)
-    layer = RedisLocalChannelLayer(hosts=[remote.url], local_hosts=[f"unix://{local.unix_socket}"], expiry=5)
+def test_local_layer_out_of_descriptors_fails_clearly_and_recovers(redis_server, unix_server):
+    remote, local = redis_server, unix_server
+    layer = RedisLocalChannelLayer(hosts=[remote.url], local_hosts=[f"unix://{local.unix_socket}"], expiry=5,
+                                   prefix=PREFIX)
     layer.blpop_timeout = 0.2
     try:
         with descriptors_exhausted() as exhausted:
@@ -314,11 +333,10 @@ def test_local_layer_out_of_descriptors_fails_clearly_and_recovers():
             layer.send("ex.remote?x", {"n": 3})
             got = [layer.receive(["ex.local", "ex.remote?x"], block=True) for _ in range(2)]
         assert sorted(got, key=str) == sorted([("ex.local", {"n": 2}), ("ex.remote?x", {"n": 3})], key=str)
-        assert layer_keys(remote, local) == set()
+        assert layer_keys(remote, local, prefix=PREFIX.encode()) == set()
     finally:
+        layer.flush()
         layer.close()
-        remote.close()
-        local.close()
 
 
 TWISTED_CHILD = textwrap.dedent("""
@@ -378,8 +396,8 @@ def test_twisted_receive_out_of_descriptors_fails_clearly_and_recovers(redis_sha
 # -- maxclients ----------------------------------------------------------------------
 
 
-def test_server_at_maxclients_refuses_clearly_then_recovers():
-    server = RedisProcess(extra_config=["maxclients 4"])
+def test_server_at_maxclients_refuses_clearly_then_recovers(crowded_server):
+    server = crowded_server
     layer = RedisChannelLayer(hosts=[server.url], expiry=5)
     layer.blpop_timeout = 0.2
     others = []
@@ -413,7 +431,6 @@ def test_server_at_maxclients_refuses_clearly_then_recovers():
         for other in others:
             other.close()
         layer.close()
-        server.close()
 
 
 # -- the pool's max_connections -------------------------------------------------------
@@ -450,13 +467,12 @@ def test_full_pool_says_so(redis_server):
     layer.close()
 
 
-def test_sentinel_layer_out_of_descriptors_fails_clearly_and_recovers():
+def test_sentinel_layer_out_of_descriptors_fails_clearly_and_recovers(redis_server, sentinel_of):
     """Asking a sentinel for the master needs a connection too: both say which limit."""
-    master = RedisProcess()
-    sentinel = RedisProcess(sentinel=True, extra_config=[f"sentinel monitor svc 127.0.0.1 {master.port} 1"])
+    master, sentinel = redis_server, sentinel_of
     layer = None
     try:
-        layer = RedisSentinelChannelLayer(hosts=[sentinel.address], services=["svc"], expiry=5)
+        layer = RedisSentinelChannelLayer(hosts=[sentinel.address], services=["svc"], expiry=5, prefix=PREFIX)
         layer.blpop_timeout = 0.2
         for warm in (False, True):  # no connection yet; then the master known, its pool closed
             if warm:
@@ -474,9 +490,8 @@ def test_sentinel_layer_out_of_descriptors_fails_clearly_and_recovers():
                 exhausted.release(16)
                 layer.send("sn.a?x", {"n": 2})
                 assert layer.receive(["sn.a?x"]) == ("sn.a?x", {"n": 2})
-        assert layer_keys(master) == set()
+        assert layer_keys(master, prefix=PREFIX.encode()) == set()
     finally:
         if layer is not None:
+            layer.flush()
             layer.close()
-        sentinel.close()
-        master.close()
