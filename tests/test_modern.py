@@ -18,7 +18,7 @@ from cryptography.fernet import InvalidToken  # noqa: E402
 
 from asgi_redis.errors import ChannelFull as LayerChannelFull  # noqa: E402
 from asgi_redis.modern import ChannelFull, SyncChannelsRedisClient, SyncPubSubClient  # noqa: E402
-from asgi_redis.modern.bench import format_report, run_benchmark  # noqa: E402
+from asgi_redis.tools.modern_bench import format_report, run_benchmark  # noqa: E402
 
 from .helpers import LayerBuilder  # noqa: E402
 from .modern_support import CONFIGS, KEYS, in_forked_child, run  # noqa: E402

@@ -22,8 +22,8 @@ from cryptography.fernet import InvalidToken  # noqa: E402
 
 from asgi_redis.errors import LayerConnectionError  # noqa: E402
 from asgi_redis.modern import GroupMembershipError, SyncChannelsRedisClient, SyncPubSubClient  # noqa: E402
-from asgi_redis.modern.pubsub_bench import format_report, run_benchmark  # noqa: E402
 from asgi_redis.modern.pubsub_wire import group_channel, server_of  # noqa: E402
+from asgi_redis.tools.pubsub_bench import format_report, run_benchmark  # noqa: E402
 
 from .helpers import LayerBuilder  # noqa: E402
 from .modern_support import CONFIGS, KEYS, LOOP, in_forked_child, run  # noqa: E402
