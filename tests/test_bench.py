@@ -3,6 +3,7 @@ raw limit, and cleans up. The figures themselves are not asserted: this
 machine is shared and noisy."""
 
 import json
+import os
 
 import pytest
 
@@ -77,3 +78,16 @@ def test_bad_members_is_a_usage_error():
 ])
 def test_second_database_for_the_two_shard_variant(host, second):
     assert _second_database(host) == second
+
+
+@pytest.mark.skipif(not os.environ.get("ASGI_REDIS_CHANNELS_REDIS_PYTHON"),
+                    reason="set ASGI_REDIS_CHANNELS_REDIS_PYTHON to an interpreter with channels_redis 4")
+def test_quick_bench_beside_channels_redis(redis_server):
+    python = os.environ["ASGI_REDIS_CHANNELS_REDIS_PYTHON"]
+    result = run_cli("--quick", "--json", "--url", redis_server.url, "--members", "10",
+                     "--channels-redis", python, module="asgi_redis.bench")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)["rows"]}
+    for processes in ("1 process", "4 processes"):
+        row = rows[f"compact: send_group 100 members of {processes} vs channels_redis"]
+        assert row["ours"] > 0 and row["raw"] > 0

@@ -277,9 +277,10 @@ def test_refresh_interval_caches(make_layer):
     assert lookups == ["svc-a", "svc-a"]
 
 
-def test_round_trips(make_layer, round_trips):
+@pytest.mark.parametrize("layout", ["classic", "compact"])
+def test_round_trips(make_layer, round_trips, layout):
     """The core's budgets hold: a warm Sentinel connection costs nothing extra."""
-    layer = make_layer(services=["svc-a"])
+    layer = make_layer(services=["svc-a"], layout=layout)
     layer.send("warm", {})
     layer.receive(["warm"])
     layer.group_add("g", "chan?1")

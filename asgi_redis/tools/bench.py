@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import secrets
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -81,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw ours beside the raw limit (needs matplotlib)")
+    parser.add_argument("--channels-redis", metavar="PYTHON",
+                        help="an interpreter with channels_redis 4 installed: its group_send to the "
+                             "same members, on the same Redis, beside the compact layout's send_group")
 
 
 class Bench:
@@ -91,6 +96,7 @@ class Bench:
         self.samples = 10 if args.quick else 150
         self.members = _parse_members(args.members, args.quick)
         self.process_members = 100 if args.quick else 1000
+        self.channels_redis: Optional[str] = getattr(args, "channels_redis", None)
         self.tag = secrets.token_hex(3)
         base = {**config, "prefix": f"asgi-bench-{self.tag}:", "stats_prefix": f"asgi-bench-meta-{self.tag}:",
                 "capacity": 10 ** 9, "expiry": 60}
@@ -144,9 +150,11 @@ class Bench:
         for prefix, layer in (("", self.plain), ("compact: ", self.compact)):
             for processes in (1, 4):
                 # daphne: every socket of one process is a foo!* channel of its one queue
-                report(self.group(f"{prefix}send_group {self.process_members:,} members of {processes} "
-                                  f"process{'es' if processes > 1 else ''}", layer, self.process_members,
-                                  processes))
+                row = self.group(f"{prefix}send_group {self.process_members:,} members of {processes} "
+                                 f"process{'es' if processes > 1 else ''}", layer, self.process_members, processes)
+                report(row)
+                if layer is self.compact and self.channels_redis:
+                    report(self.channels_redis_group(row, processes))
         for row in self.redis_time():
             report(row)
         return self.rows
@@ -234,6 +242,22 @@ class Bench:
         layer.flush()
         return self._row(name, "ms", [t * 1000 for t in ours_times], [t * 1000 for t in raw_times],
                          "ZRANGE + one pipeline of SET/RPUSH/EXPIRE per member", higher_is_better=False)
+
+    def channels_redis_group(self, ours: Row, processes: int) -> Row:
+        """channels_redis's group_send to as many members in as many processes, same Redis."""
+        url = self.configs[id(self.plain)]["hosts"][0]
+        if not isinstance(url, str):
+            url = f"redis://{url[0]}:{url[1]}"
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "channels_redis_group_send.py")
+        done = subprocess.run(
+            [self.channels_redis, script, url, str(self.process_members), str(processes), str(max(3, self.rounds))],
+            capture_output=True, text=True, timeout=600,
+        )
+        if done.returncode != 0:
+            raise CommandError(f"channels_redis group_send failed: {done.stderr.strip().splitlines()[-1:]}")
+        theirs = json.loads(done.stdout)["ms"]
+        return self._add(Row(f"{ours.name} vs channels_redis", "ms", ours.ours, theirs,
+                             "channels_redis 4 group_send, same members", theirs / ours.ours))
 
     def redis_time(self) -> List[Row]:
         """Redis time per delivered message and per refused send, from INFO commandstats
@@ -388,6 +412,11 @@ def targets(rows: Sequence[Row]) -> List[str]:
         if row:
             verdict = "met" if row.ratio >= SEND_TARGET else "NOT met"
             lines.append(f"target: {label.format(SEND_TARGET)}: {row.ratio:.2f}x ({verdict})")
+    for row in rows:
+        if row.name.endswith("vs channels_redis"):
+            verdict = "met" if row.ratio > 1 else "NOT met"
+            lines.append(f"target: {row.name[:-len(' vs channels_redis')]} faster than channels_redis: "
+                         f"{row.ours:.2f} vs {row.raw:.2f} ms ({verdict})")
     time_row = next((row for row in rows if row.name.startswith("Redis time per delivered")), None)
     if time_row:
         verdict = "met" if time_row.ratio >= 2 else "NOT met"
