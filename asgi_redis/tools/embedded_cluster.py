@@ -28,7 +28,7 @@ import random
 import signal
 import socket
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import redis
 
@@ -63,7 +63,8 @@ def free_cluster_port() -> int:
 class ClusterNode(EmbeddedRedis):
     """One cluster node; ``node_id`` is read once it runs."""
 
-    def __init__(self, binary: str, node_timeout_ms: int, extra_config: Sequence[str] = ()):
+    def __init__(self, binary: str, node_timeout_ms: int, extra_config: Sequence[str] = (),
+                 node_config: Optional[Callable[[int], List[str]]] = None):
         config = [
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",  # relative to this node's own directory
@@ -72,6 +73,8 @@ class ClusterNode(EmbeddedRedis):
         ]
         super().__init__(extra_config=config + list(extra_config), binary=binary, start=False,
                          port=free_cluster_port())
+        if node_config is not None:  # lines naming this node's own port (a TLS port beside it)
+            self.extra_config += node_config(self.port)
         self.node_id = ""
 
     def start(self, timeout: float = 10.0) -> None:
@@ -97,17 +100,19 @@ class EmbeddedCluster:
     """
 
     def __init__(self, masters: int = 3, replicas: int = 1, binary: Optional[str] = None,
-                 node_timeout_ms: int = 1000, extra_config: Sequence[str] = (), timeout: float = 30.0):
+                 node_timeout_ms: int = 1000, extra_config: Sequence[str] = (), timeout: float = 30.0,
+                 node_config: Optional[Callable[[int], List[str]]] = None):
         if masters < 1 or replicas < 0:
             raise ValueError(f"need at least one master, got masters={masters} replicas={replicas}")
         self.binary = binary or find_redis_server()
         self.node_timeout_ms = node_timeout_ms
         self._extra_config = list(extra_config)
+        self._node_config = node_config
         self.nodes: List[ClusterNode] = []
         self._slots_of_killed: Dict[str, List[int]] = {}
         try:
             for _ in range(masters * (1 + replicas)):
-                node = ClusterNode(self.binary, node_timeout_ms, extra_config)
+                node = ClusterNode(self.binary, node_timeout_ms, extra_config, node_config)
                 self.nodes.append(node)
                 node.start()
             self._form(masters, replicas, timeout)
@@ -343,7 +348,7 @@ class EmbeddedCluster:
 
     def add_master(self, timeout: float = 30.0) -> ClusterNode:
         """Start one more node and join it as a master without slots (migrate some to it)."""
-        node = ClusterNode(self.binary, self.node_timeout_ms, self._extra_config)
+        node = ClusterNode(self.binary, self.node_timeout_ms, self._extra_config, self._node_config)
         self.nodes.append(node)
         node.start()
         with self.live_nodes()[0].client(socket_timeout=5) as client:
