@@ -268,8 +268,8 @@ def test_ask_and_tryagain_during_a_migration(cluster, router):
         assert time.monotonic() - started < 5
         # the same call goes through once the migration ends while it waits
         done = []
-        waiter = threading.Thread(target=lambda: done.append(
-            ClusterRouter([cluster.url], tryagain_timeout=10).run_one((PAIR_SCRIPT, [stay, moving], []))))
+        patient = router(tryagain_timeout=10)
+        waiter = threading.Thread(target=lambda: done.append(patient.run_one((PAIR_SCRIPT, [stay, moving], []))))
         waiter.start()
         time.sleep(0.1)
         cluster.move_keys(slot, source, target)
