@@ -45,9 +45,10 @@ class LayerConformance(conformance.ConformanceTestCase):
     def layer_config() -> dict:
         raise NotImplementedError("a conformance configuration defines layer_config")
 
+    # a plain method, not a classmethod: pytest < 9 cannot make a fixture of a classmethod
     @pytest.fixture(scope="class", autouse=True)
-    @classmethod
-    def _class_layer(cls, request):
+    def _class_layer(self, request):
+        cls = request.cls
         servers = {name: request.getfixturevalue(name) for name in inspect.signature(cls.layer_config).parameters}
         builder = LayerBuilder(cls.layer_class, expiry=1, group_expiry=2, capacity=cls.capacity_limit or 100)
         cls.channel_layer = builder(**cls.layer_config(**servers))
