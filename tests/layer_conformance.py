@@ -7,6 +7,7 @@ conformance suite) imports helpers.py but never this.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -55,3 +56,18 @@ class LayerConformance(conformance.ConformanceTestCase):
         yield
         cls.channel_layer = None
         builder.close()
+
+
+def on_layout(layer_config: Callable[..., dict], layout: str) -> Any:
+    """``layer_config`` of another configuration with ``layout=`` added (also to a
+    ``local_layer_config``), as the static ``layer_config`` of a subclass; it keeps
+    the parameters (the fixtures) of the one it wraps."""
+
+    @functools.wraps(layer_config)
+    def config(**servers: Any) -> dict:
+        made = {**layer_config(**servers), "layout": layout}
+        if isinstance(made.get("local_layer_config"), dict):
+            made["local_layer_config"] = {**made["local_layer_config"], "layout": layout}
+        return made
+
+    return staticmethod(config)

@@ -67,7 +67,8 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
                   limit: int) -> ShardContents:
     """Channels (pending, oldest age) and groups (members) on one shard, up to ``limit`` of each."""
     contents = ShardContents(shard=description)
-    prefix = layer.prefix
+    compact = layer.layout.name == "compact"
+    prefix = layer.layout.key_prefix if compact else layer.prefix  # compact: only its own keys
     group_prefix = f"{prefix}:group:"
     for keys in _keys_under(client, prefix):
         contents.scanned += len(keys)
@@ -77,8 +78,10 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
             name = key.decode("utf8", "replace")
             kind = kind.decode() if isinstance(kind, bytes) else kind
             if kind == "list":
-                lists.append((key, name[len(prefix):]))
-            elif kind == "zset" and name.startswith(group_prefix):
+                lists.append((key, layer.layout.channel_of(key) if compact else name[len(prefix):]))
+            elif kind == "zset" and compact and layer.layout.group_of(key) is not None:
+                groups.append((key, layer.layout.group_of(key)))
+            elif kind == "zset" and not compact and name.startswith(group_prefix):
                 groups.append((key, name[len(group_prefix):]))
             elif kind == "string":
                 contents.bodies += 1
@@ -106,6 +109,14 @@ def _measure_channels(layer: RedisChannelLayer, client: redis.Redis,
         return []
     replies = _pipelined(client, [cmd for key, _ in lists for cmd in (("llen", key), ("lindex", key, 0))])
     oldest_keys = [replies[2 * i + 1] for i in range(len(lists))]
+    if layer.layout.name == "compact":  # the entry holds its deadline: no body key to ask
+        now = time.time()
+        ages = [layer.layout.entry_age(entry, now) for entry in oldest_keys]
+        return [
+            ChannelInfo(name=name, pending=int(replies[2 * i] or 0),
+                        oldest_age=None if ages[i] is None else round(ages[i], 3))
+            for i, (_, name) in enumerate(lists)
+        ]
     ttls = _pipelined(client, [("pttl", key) for key in oldest_keys if key is not None])
     ttls_iter = iter(ttls)
     found = []
@@ -146,6 +157,8 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
     """Channel names that have statistics counters or a queue, at most ``limit``."""
     names: Dict[str, None] = {}
     global_part = layer.global_stats_key + ":"
+    if layer.layout.name == "compact":
+        return _compact_statistics_channels(layer, limit)
     for _, client in shards_of(layer):
         for keys in _keys_under(client, layer.stats_prefix):
             for key in keys:
@@ -164,6 +177,20 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
             if len(names) >= limit:
                 return sorted(names)[:limit]
     return sorted(names)
+
+
+def _compact_statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
+    """The same for the compact layout: its counter hashes are named as their queues."""
+    names: Dict[str, None] = {}
+    for _, client in shards_of(layer):
+        for keys in _keys_under(client, layer.stats_prefix):
+            for key in keys:
+                name = layer.layout.channel_of_stats_key(key)
+                if name is not None and _is_channel_name(name):
+                    names[name] = None
+            if len(names) >= limit:
+                return sorted(names)[:limit]
+    return sorted(names)[:limit]
 
 
 def _is_channel_name(name: str) -> bool:
