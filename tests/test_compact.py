@@ -495,3 +495,15 @@ def test_large_group_sends_are_cut_into_bounded_calls(compact):
     runs = [(f"reply?{n}", [b"x"]) for n in range(2 * CALL_ENTRIES + 5)]
     calls = compact.layout.send_calls(runs)
     assert [len(call.keys) // 3 for call in calls] == [CALL_ENTRIES, CALL_ENTRIES, 5]
+
+
+def test_buffered_members_expire_with_their_entry(make_compact):
+    layer = make_compact(expiry=1)
+    for n in range(3):
+        layer.group_add("g", f"proc!{n}")
+    layer.send_group("g", {"hi": 1})
+    assert layer.receive(["proc!"]) == ("proc!0", {"hi": 1})
+    assert layer.layout.pending_count() == 2
+    time.sleep(1.05)  # past the entry's deadline: the held members are never delivered
+    assert layer.receive(["proc!"]) == (None, None)
+    assert layer.layout.pending_count() == 0

@@ -35,7 +35,9 @@ Scripts
   ``send_calls(runs) -> list[Call]``  runs of (queue name, [bodies]) bound for
       one server; ``read_send(replies) -> int`` messages refused as full
   ``pop_call(queue_keys) -> Call``    non-blocking pop, tries keys in order;
-      ``read_pop(reply) -> Popped | None``
+      ``read_pop(reply) -> Popped | None`` (the Call's script may be any object
+      run as ``script(client, keys, args)`` / ``await script.call_async(...)``,
+      e.g. compact's plain LPOP / LMPOP)
   ``group_add_ops / group_discard_ops / group_members_ops`` and
       ``read_group_members``; ``channel_stats_ops`` / ``read_channel_stats``;
       ``global_stats_ops`` / ``read_global_stats`` (``global_stats_pattern``
