@@ -321,3 +321,23 @@ def test_failover_fails_clearly_then_heals_without_restart():
     finally:
         layer_router.close()
         nodes.close()
+
+
+def test_slot_map_replies_in_both_protocols_and_unknown_endpoints():
+    # RESP2 gives flat [name, value, ...] lists where RESP3 gives maps; "?" or "" as
+    # an endpoint means "the host you asked"; a TLS client takes the TLS port
+    node = [b"id", b"a" * 40, b"port", 7000, b"tls-port", 7100, b"ip", b"10.0.0.1", b"endpoint", b"?",
+            b"role", b"master", b"health", b"online"]
+    replica = {b"id": b"b" * 40, b"port": 7001, b"ip": b"10.0.0.2", b"endpoint": b"replica.example",
+               b"role": b"replica", b"health": b"online"}
+    shards = [[b"slots", [0, 99, 200, 16383], b"nodes", [node, replica]]]
+    plain = parse_shards(shards, "asked.example", tls=False)
+    assert plain.ranges() == [(0, 99, ("asked.example", 7000)), (200, 16383, ("asked.example", 7000))]
+    assert plain.owner(150) is None and plain.uncovered() == 100
+    assert plain.replicas[("asked.example", 7000)] == [("replica.example", 7001)]
+    assert parse_shards(shards, "asked.example", tls=True).owner(0) == ("asked.example", 7100)
+    slots = [[0, 16383, [b"", 7000, b"a" * 40], [b"10.0.0.2", 7001, b"b" * 40]]]
+    assert parse_slots(slots, "asked.example").owner(5) == ("asked.example", 7000)
+    moved = plain.moved(150, ("10.0.0.9", 7009))
+    assert moved.owner(150) == ("10.0.0.9", 7009) and plain.owner(150) is None  # a copy
+    assert moved.first_slot_of_owner(16000) == 0 and moved.first_slot_of_owner(150) == 150
