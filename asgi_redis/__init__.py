@@ -4,6 +4,7 @@ A maintained, drop-in successor of asgi_redis 1.4.3 that keeps its Redis
 data layout, so old and new processes can share one Redis.
 """
 
+from .cluster.layer import RedisClusterChannelLayer
 from .core import RedisChannelLayer
 from .errors import ChannelFull, ChannelLayerError, LayerConnectionError, MessageTooLarge
 from .local import RedisLocalChannelLayer
@@ -15,6 +16,7 @@ __all__ = [
     "RedisChannelLayer",
     "RedisSentinelChannelLayer",
     "RedisLocalChannelLayer",
+    "RedisClusterChannelLayer",
     "ChannelLayerError",
     "ChannelFull",
     "MessageTooLarge",

@@ -72,3 +72,16 @@ def round_trips(monkeypatch):
 
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
     return counter
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A loopback Redis Cluster: three masters with a replica each (tests/cluster.py).
+
+    Tests may move slots between its masters, never stop a node: those that kill
+    or pause one start a cluster of their own."""
+    from .cluster import RedisCluster
+
+    nodes = RedisCluster(masters=3, replicas=1, node_timeout_ms=3000)
+    yield nodes
+    nodes.close()

@@ -483,6 +483,9 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds is not None and args.rounds < 1 or args.ops is not None and args.ops < 1:
         raise CommandError("--rounds and --ops must be 1 or more", 2)
     _parse_members(args.members, args.quick)  # a usage error before any server starts
+    if names_a_cluster(args):
+        raise CommandError("--url names a Redis Cluster node: run 'asgi-redis bench' or "
+                           "'python -m asgi_redis.tools.cluster_bench' for the cluster benchmark", 2)
     cleanup_on_sigterm()
     with ExitStack() as cleanup:
         if has_location(args):
@@ -517,6 +520,13 @@ def run(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"plot written to {args.plot}")
     return 0
+
+
+def names_a_cluster(args: argparse.Namespace) -> bool:
+    """Whether --url / --settings describe a Redis Cluster (the cluster benchmark's business)."""
+    from ..cluster.layer import RedisClusterChannelLayer
+
+    return has_location(args) and issubclass(layer_config(args)[0], RedisClusterChannelLayer)
 
 
 def _second_database(host: Any) -> str:

@@ -256,7 +256,10 @@ def _command_demo(args: argparse.Namespace) -> int:
 
 
 def _command_bench(args: argparse.Namespace) -> int:
-    from .bench import run
+    from .bench import names_a_cluster, run
+    if names_a_cluster(args):  # --url of a cluster node, or a cluster BACKEND
+        from .cluster_bench import run as run_cluster_bench
+        return run_cluster_bench(args)
     return run(args)
 
 

@@ -38,7 +38,8 @@ def add_layer_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--url", dest="urls", action="append", metavar="URL",
         help="redis://, rediss:// or unix:// URL of a Redis server; repeat it for shards, "
-             "in the order the layer was configured with",
+             "in the order the layer was configured with; for a Redis Cluster, one node's URL "
+             "is enough (cluster mode is detected, the other nodes discovered)",
     )
     group.add_argument("--prefix", help="key prefix of the layer (default 'asgi:' or the settings' one)")
     group.add_argument("--stats-prefix", help="prefix of statistics keys (default 'asgi-meta:')")
@@ -57,6 +58,10 @@ def layer_config(args: argparse.Namespace) -> Tuple[Type[RedisChannelLayer], Dic
         backend, config = load_channel_layer(args.settings, args.alias)
     else:
         backend, config = RedisChannelLayer, {}
+        if args.urls and _is_cluster_node(args.urls[0]):
+            # --url of a cluster node: the other nodes are discovered from it
+            from ..cluster.layer import RedisClusterChannelLayer
+            backend = RedisClusterChannelLayer
     if args.urls:
         config["hosts"] = list(args.urls)
     if args.prefix is not None:
@@ -66,6 +71,15 @@ def layer_config(args: argparse.Namespace) -> Tuple[Type[RedisChannelLayer], Dic
     if getattr(args, "layout", None) is not None:
         config["layout"] = args.layout
     return backend, config
+
+
+def _is_cluster_node(url: str) -> bool:
+    from ..cluster.nodes import cluster_enabled
+
+    try:
+        return bool(cluster_enabled(url, _CLI_CONNECTION_DEFAULTS))
+    except ValueError:  # not a URL redis-py reads: the layer reports it
+        return False
 
 
 def has_location(args: argparse.Namespace) -> bool:
