@@ -1,7 +1,7 @@
 """``asgi-redis`` / ``python -m asgi_redis``: look inside a layer, empty it,
 watch it work, measure it.
 
-Subcommands: demo, stats, inspect, flush, bench. Each finds its layer with
+Subcommands: demo, stats, inspect, flush, bench, exporter. Each finds its layer with
 --url (repeat for shards) and --prefix, or --settings/--alias to read a
 Django project's CHANNEL_LAYERS. Failures are one line on stderr; the exit
 status is 2 for a usage error, 1 for a runtime error.
@@ -33,7 +33,7 @@ _STAT_COLUMNS = ("messages_count", "messages_pending", "messages_max_age", "chan
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog=PROG,
-        description="Operate an asgi_redis channel layer: demo, stats, inspect, flush, bench.",
+        description="Operate an asgi_redis channel layer: demo, stats, inspect, flush, bench, exporter.",
         epilog="Run 'asgi-redis COMMAND --help' for the options of one command.",
     )
     parser.add_argument("--version", action="version", version=f"asgi_redis {__version__}")
@@ -96,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_arguments as add_bench_arguments
     add_bench_arguments(bench)
     bench.set_defaults(func=_command_bench)
+
+    exporter = commands.add_parser(
+        "exporter", help="serve the layer's state as Prometheus metrics on /metrics",
+        description="Serve /metrics for Prometheus: pending messages and oldest age per channel, "
+                    "members per group, the statistics counters, per shard up, round trip, memory "
+                    "and clients. Each scrape walks Redis with SCAN within a key budget, one at a "
+                    "time. Needs the 'metrics' extra (prometheus_client).",
+    )
+    add_layer_options(exporter)
+    from .tools.exporter import add_arguments as add_exporter_arguments
+    add_exporter_arguments(exporter)
+    exporter.set_defaults(func=_command_exporter)
     return parser
 
 
@@ -103,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.error("choose a command: demo, stats, inspect, flush or bench")
+        parser.error("choose a command: demo, stats, inspect, flush, bench or exporter")
     return run_command(f"{PROG} {args.command}", args.func, args)
 
 
@@ -255,6 +267,11 @@ def _command_demo(args: argparse.Namespace) -> int:
 
 def _command_bench(args: argparse.Namespace) -> int:
     from .bench import run
+    return run(args)
+
+
+def _command_exporter(args: argparse.Namespace) -> int:
+    from .tools.exporter import run
     return run(args)
 
 

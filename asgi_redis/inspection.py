@@ -74,9 +74,11 @@ def scan_batches(client: redis.Redis, prefix: str, batch: int = SCAN_BATCH) -> I
 
 
 def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redis,
-                  limit: int) -> ShardContents:
-    """Channels (pending, oldest age) and groups (members) on one shard, up to ``limit`` of each."""
+                  limit: int, key_budget: Optional[int] = None) -> ShardContents:
+    """Channels (pending, oldest age) and groups (members) on one shard, up to ``limit`` of each;
+    the scan stops after ``key_budget`` keys (default ``limit`` x KEYS_PER_LISTED)."""
     contents = ShardContents(shard=description)
+    budget = limit * KEYS_PER_LISTED if key_budget is None else key_budget
     prefix = layer.prefix
     group_prefix = f"{prefix}:group:"
     for keys in scan_batches(client, prefix):
@@ -99,7 +101,7 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
         # enough of both, or a keyspace so large (mostly message bodies) that walking
         # all of it would take long: stop, and say the listing may be partial
         if (len(contents.channels) >= limit and len(contents.groups) >= limit) \
-                or contents.scanned >= limit * KEYS_PER_LISTED:
+                or contents.scanned >= budget:
             contents.complete = False
             break
     contents.channels.sort(key=lambda channel: (-channel.pending, channel.name))
@@ -155,15 +157,12 @@ def _pipelined(client: redis.Redis, commands: List[tuple]) -> List[Any]:
 def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
     """Channel names that have statistics counters or a queue, at most ``limit``."""
     names: Dict[str, None] = {}
-    global_part = layer.global_stats_key + ":"
     for _, client in shards_of(layer):
         for keys in scan_batches(client, layer.stats_prefix):
             for key in keys:
-                rest = key.decode("utf8", "replace")[len(layer.stats_prefix):]
-                for suffix in _STATS_SUFFIXES:
-                    name = rest[: -len(suffix)]
-                    if rest.endswith(suffix) and not rest.startswith(global_part) and _is_channel_name(name):
-                        names[name] = None
+                parsed = statistics_key_channel(layer, key)
+                if parsed is not None:
+                    names[parsed[0]] = None
             if len(names) >= limit:
                 return sorted(names)[:limit]
         for keys in scan_batches(client, layer.prefix):
@@ -174,6 +173,18 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
             if len(names) >= limit:
                 return sorted(names)[:limit]
     return sorted(names)
+
+
+def statistics_key_channel(layer: RedisChannelLayer, key: bytes) -> Optional[Tuple[str, str]]:
+    """``(channel, counter)`` of a per-channel statistics key, None for any other key."""
+    rest = key.decode("utf8", "replace")[len(layer.stats_prefix):]
+    if rest.startswith(layer.global_stats_key + ":"):
+        return None
+    for suffix in _STATS_SUFFIXES:
+        name = rest[: -len(suffix)]
+        if rest.endswith(suffix) and _is_channel_name(name):
+            return name, suffix[1:]
+    return None
 
 
 def _is_channel_name(name: str) -> bool:

@@ -1,0 +1,1 @@
+"""The operations tooling: the command line and what its commands use."""
