@@ -23,6 +23,7 @@ from . import retry, scripts, spec
 from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts, shard_index
 from .errors import ChannelFull, ChannelLayerError, LayerConnectionError, MessageTooLarge
 from .extensions import ExtensionsMixin
+from .metrics import instrument, instruments_for
 from .receiving import ReceivePlan
 from .serializers import EncryptedSerializer, MsgpackSerializer, UndecodableMessage
 
@@ -63,6 +64,7 @@ class RedisChannelLayer(ExtensionsMixin):
         stats_prefix: str = "asgi-meta:",
         connection_kwargs: Optional[Dict[str, Any]] = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        metrics: Any = False,
     ) -> None:
         self.expiry = spec.check_positive_int("expiry", expiry)
         self.group_expiry = spec.check_positive_int("group_expiry", group_expiry)
@@ -97,6 +99,11 @@ class RedisChannelLayer(ExtensionsMixin):
         self._send_turn = itertools.count()
         self._receive_turn = itertools.count()
         self.undecodable_count = 0
+        # in-process instruments (asgi_redis.metrics): off unless asked for, and then
+        # put on this object only, so a layer without them runs the plain methods
+        self.instruments = instruments_for(metrics)
+        if self.instruments is not None:
+            instrument(self, self.instruments)
 
     # -- strategy hooks, replaced by the Sentinel and local layers ---------
 
@@ -207,8 +214,9 @@ class RedisChannelLayer(ExtensionsMixin):
         plain_body = self._encode(message, f"group {group}")
         self._send_to_members(self._group_members(group), message, plain_body)
 
-    def _send_to_members(self, members: List[str], message: Message, plain_body: bytes) -> None:
-        """One script call per shard holding members; the local layer diverts normal ones."""
+    def _send_to_members(self, members: List[str], message: Message, plain_body: bytes) -> int:
+        """One script call per shard holding members; the local layer diverts normal ones.
+        Returns how many members were full (and skipped)."""
         process_members = [channel for channel in members if "!" in channel]
         named_bodies = dict(zip(process_members, self._encode_naming(message, process_members)))
         batches: Dict[Tuple[int, int], Tuple[ShardSet, int, Dict[str, List[bytes]]]] = {}
@@ -219,13 +227,15 @@ class RedisChannelLayer(ExtensionsMixin):
             if batch is None:
                 batch = batches[(id(shards), index)] = (shards, index, {})
             batch[2].setdefault(queue, []).append(named_bodies.get(channel, plain_body))
+        full = 0
         for shards, index, runs in batches.values():
             calls = [(scripts.SEND, *self._send_call(chunk)) for chunk in _chunk_runs(runs, _GROUP_CHUNK)]
             with self._guard(shards, index, "send_group"):
                 if len(calls) == 1:
-                    scripts.SEND(shards.client(index), calls[0][1], calls[0][2])
+                    full += scripts.SEND(shards.client(index), calls[0][1], calls[0][2])
                 else:
-                    scripts.run_pipeline(shards.client(index), calls)
+                    full += sum(scripts.run_pipeline(shards.client(index), calls))
+        return full
 
     # -- flush and statistics -----------------------------------------------
 
