@@ -30,8 +30,8 @@ def exp_layer(redis_server):
 
     def build(*servers, **config):
         hosts = [server.url for server in servers] or [redis_server.url]
-        layer = RedisChannelLayer(hosts=hosts, prefix=PREFIX, stats_prefix=STATS_PREFIX,
-                                  expiry=60, group_expiry=60, **config)
+        layer = RedisChannelLayer(**{"hosts": hosts, "prefix": PREFIX, "stats_prefix": STATS_PREFIX,
+                                     "expiry": 60, "group_expiry": 60, **config})
         layer.flush()
         made.append(layer)
         return layer
@@ -332,13 +332,21 @@ def test_two_shards_summed_then_one_stopped(exp_layer, serve, own_shards):
 # -- the command line -----------------------------------------------------------
 
 
-def run_exporter(*args):
+def run_exporter(*args, cwd=ROOT):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen(
         [sys.executable, "-m", "asgi_redis", "exporter", *args], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+        stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
     )
+
+
+def served_url(process):
+    """The /metrics URL from the exporter's first line of output."""
+    banner = process.stdout.readline()
+    assert banner.startswith("asgi-redis exporter: serving http://127.0.0.1:"), \
+        (banner, "" if banner else process.stderr.read())
+    return banner.split()[3]
 
 
 def test_cli_serves_metrics_until_terminated(exp_layer, redis_shards):
@@ -350,11 +358,7 @@ def test_cli_serves_metrics_until_terminated(exp_layer, redis_shards):
                 "--prefix", PREFIX, "--stats-prefix", STATS_PREFIX]
     process = run_exporter(*location, "--listen", "127.0.0.1:0", "--min-interval", "0")
     try:
-        banner = process.stdout.readline()
-        assert banner.startswith("asgi-redis exporter: serving http://127.0.0.1:"), \
-            (banner, "" if banner else process.stderr.read())
-        url = banner.split()[3]
-        samples = scrape(url)
+        samples = scrape(served_url(process))
         assert value(samples, "asgi_redis_channel_pending_messages", channel="http.request") == 3
         assert value(samples, "asgi_redis_group_members", group="chat") == 1
         assert sorted(labelled(samples, "asgi_redis_shard_up", "shard").values()) == [1, 1]
@@ -362,6 +366,29 @@ def test_cli_serves_metrics_until_terminated(exp_layer, redis_shards):
         process.terminate()
         process.wait(30)
     assert process.returncode == 143, process.stderr.read()  # SIGTERM unwound, server closed
+
+
+def test_cli_reads_the_layer_from_django_settings(tmp_path, redis_server, exp_layer):
+    package = tmp_path / "mysite"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "settings.py").write_text(
+        "CHANNEL_LAYERS = {'events': {'BACKEND': 'asgi_redis.RedisChannelLayer', 'CONFIG': {"
+        f"'hosts': [{redis_server.url!r}], 'prefix': {PREFIX!r}, 'stats_prefix': {STATS_PREFIX!r}, "
+        "'expiry': 120}}}\n"
+    )
+    layer = exp_layer(expiry=120)
+    layer.send("events.audit", {})
+    process = run_exporter("--settings", "mysite.settings", "--alias", "events", "--listen", "127.0.0.1:0",
+                           cwd=tmp_path)
+    try:
+        samples = scrape(served_url(process))
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert value(samples, "asgi_redis_expiry_seconds") == 120
+    assert value(samples, "asgi_redis_channel_pending_messages", channel="events.audit") == 1
+    assert 0 <= value(samples, "asgi_redis_channel_oldest_message_age_seconds", channel="events.audit") < 60
 
 
 def test_cli_usage_and_listen_errors(redis_server):
