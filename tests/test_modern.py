@@ -18,7 +18,7 @@ from channels_redis.core import RedisChannelLayer  # noqa: E402
 from cryptography.fernet import InvalidToken  # noqa: E402
 
 from asgi_redis.errors import ChannelFull as LayerChannelFull  # noqa: E402
-from asgi_redis.modern import ChannelFull, SyncChannelsRedisClient  # noqa: E402
+from asgi_redis.modern import ChannelFull, SyncChannelsRedisClient, SyncPubSubClient  # noqa: E402
 from asgi_redis.modern.bench import format_report, run_benchmark  # noqa: E402
 
 from .servers import RedisProcess  # noqa: E402
@@ -362,11 +362,14 @@ def test_from_settings(redis_server):
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
                     "CONFIG": {"hosts": [redis_server.url], "prefix": "site", "capacity": 3}},
         "pubsub": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {}},
+        "memory": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
     }
     client = SyncChannelsRedisClient.from_settings(channel_layers=layers)
     assert (client.prefix, client.capacity) == ("site", 3)
-    with pytest.raises(ValueError, match="pubsub"):
-        SyncChannelsRedisClient.from_settings("pubsub", channel_layers=layers)
+    # the pub/sub layer gets its own producer (tests/test_modern_pubsub.py); others are refused
+    assert isinstance(SyncChannelsRedisClient.from_settings("pubsub", channel_layers=layers), SyncPubSubClient)
+    with pytest.raises(ValueError, match="InMemoryChannelLayer"):
+        SyncChannelsRedisClient.from_settings("memory", channel_layers=layers)
     with pytest.raises(ValueError, match="'missing'"):
         SyncChannelsRedisClient.from_settings("missing", channel_layers=layers)
 

@@ -10,13 +10,12 @@ unmodified consumers receive them.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
 import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import msgpack
 import redis
@@ -25,6 +24,9 @@ from .. import errors
 from ..scripts import LuaScript, load_script
 from . import wire
 from .hosts import decode_hosts, describe_host, make_client
+
+if TYPE_CHECKING:
+    from .settings import Producer
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +50,6 @@ def _load(name: str) -> LuaScript:
 DELIVER = _load("deliver")
 GROUP_MEMBERS = _load("group_members")
 GROUP_SEND = _load("group_send")
-
-_BACKEND = "channels_redis.core.RedisChannelLayer"
-_PUBSUB_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -97,25 +96,17 @@ class SyncChannelsRedisClient:
 
     @classmethod
     def from_settings(cls, alias: str = "default",
-                      channel_layers: Optional[Mapping[str, Any]] = None) -> SyncChannelsRedisClient:
-        """A client for the ``CHANNEL_LAYERS[alias]`` entry the async side uses.
+                      channel_layers: Optional[Mapping[str, Any]] = None) -> Producer:
+        """The producer for the ``CHANNEL_LAYERS[alias]`` entry the async side uses.
 
-        ``channel_layers`` defaults to Django's ``settings.CHANNEL_LAYERS``.
+        ``channel_layers`` defaults to Django's ``settings.CHANNEL_LAYERS``. The
+        ``BACKEND`` decides: this class for channels_redis's core layer, a
+        :class:`~asgi_redis.modern.pubsub.SyncPubSubClient` for its pub/sub layer
+        (see :mod:`asgi_redis.modern.settings`).
         """
-        if channel_layers is None:
-            from django.conf import settings
+        from .settings import producer_from_settings
 
-            channel_layers = getattr(settings, "CHANNEL_LAYERS", {})
-        if alias not in channel_layers:
-            raise ValueError(f"CHANNEL_LAYERS has no entry {alias!r}; it has {sorted(channel_layers)!r}")
-        entry = channel_layers[alias]
-        backend = entry.get("BACKEND")
-        if not _speaks_our_format(backend):
-            raise ValueError(
-                f"CHANNEL_LAYERS[{alias!r}] uses BACKEND {backend!r}; this client writes the "
-                f"format of {_BACKEND} (the pub/sub layer stores nothing it could read)"
-            )
-        return cls(**entry.get("CONFIG", {}))
+        return producer_from_settings(alias, channel_layers, core_class=cls)
 
     # -- the channel layer API, synchronous ---------------------------------
 
@@ -261,21 +252,6 @@ class SyncChannelsRedisClient:
                 f"Redis {describe_host(self.hosts[index])} failed: {error} (a timed-out send "
                 "may or may not have been queued; it is never retried, so never doubled)"
             ) from error
-
-
-def _speaks_our_format(backend: Any) -> bool:
-    if backend == _BACKEND:
-        return True
-    if not isinstance(backend, str) or backend == _PUBSUB_BACKEND or "." not in backend:
-        return False
-    try:  # a project's own subclass of RedisChannelLayer keeps the format
-        from channels_redis.core import RedisChannelLayer
-
-        module_name, _, class_name = backend.rpartition(".")
-        backend_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        return False
-    return isinstance(backend_class, type) and issubclass(backend_class, RedisChannelLayer)
 
 
 def _glob_escape(text: str) -> str:
