@@ -260,6 +260,23 @@ def test_passwords_never_shown(serve):
     assert value(samples, "asgi_redis_shard_up", shard=f"redis://127.0.0.1:{server.port}") == 1
 
 
+def test_a_user_refused_info_still_gets_the_queues(serve):
+    acl = ["user default on nopass ~* &* +@all", "user limited on >pw ~* &* +@all -info"]
+    with RedisProcess(extra_config=acl) as server:
+        layer = RedisChannelLayer(hosts=[f"redis://limited:pw@127.0.0.1:{server.port}"], prefix=PREFIX,
+                                  stats_prefix=STATS_PREFIX)
+        try:
+            layer.send("http.request", {})
+            samples = scrape(serve(layer))
+        finally:
+            layer.close()
+    shard = f"redis://127.0.0.1:{server.port}"
+    assert value(samples, "asgi_redis_shard_up", shard=shard) == 1
+    assert value(samples, "asgi_redis_channel_pending_messages", channel="http.request") == 1
+    assert not labelled(samples, "asgi_redis_shard_used_memory_bytes", "shard")
+    assert not labelled(samples, "asgi_redis_shard_connected_clients", "shard")
+
+
 def test_http_paths(exp_layer, serve):
     url = serve(exp_layer())
     root = url[: -len("/metrics")]

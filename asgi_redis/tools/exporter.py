@@ -193,9 +193,12 @@ class LayerCollector(Collector):
             pipeline.info("clients")
             # the global counters, read directly: the key budget must not hide them
             pipeline.mget([self._global_key(counter) for counter in _COUNTERS])
-            memory, clients, totals = pipeline.execute()
-            figures.used_memory = int(memory.get("used_memory", 0))
-            figures.connected_clients = int(clients.get("connected_clients", 0))
+            # an ACL user may be refused INFO: the shard still answers, those two gauges are left out
+            memory, clients, totals = pipeline.execute(raise_on_error=False)
+            figures.used_memory = _info_field(memory, "used_memory")
+            figures.connected_clients = _info_field(clients, "connected_clients")
+            if isinstance(totals, Exception):
+                raise totals
             figures.global_counters = [int(value or 0) for value in totals]
             contents = inspection.inspect_shard(
                 self.layer, figures.shard, client, self.max_channels, key_budget=self.key_budget
@@ -243,6 +246,12 @@ class LayerCollector(Collector):
     def _global_key(self, counter: str) -> str:
         # 1.4.3's layout: <stats prefix>#global#:<counter>
         return f"{self.layer.stats_prefix}{self.layer.global_stats_key}:{counter}"
+
+
+def _info_field(reply: Any, name: str) -> Optional[int]:
+    if isinstance(reply, redis.ResponseError) or not isinstance(reply, dict) or name not in reply:
+        return None
+    return int(reply[name])
 
 
 def _merge_channel(channels: Dict[str, Tuple[int, Optional[float]]], name: str,
