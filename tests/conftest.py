@@ -3,7 +3,8 @@ import redis
 
 from asgi_redis import RedisChannelLayer
 
-from .servers import RedisProcess
+from .helpers import built_layers
+from .servers import RedisProcess, serving
 
 
 def pytest_addoption(parser):
@@ -22,9 +23,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def redis_server():
-    server = RedisProcess()
-    yield server
-    server.close()
+    yield from serving()
 
 
 @pytest.fixture(scope="session")
@@ -38,29 +37,8 @@ def redis_shards():
 @pytest.fixture
 def raw(redis_server):
     """A plain redis-py client on the test server, for inspecting the layout."""
-    client = redis_server.client()
-    yield client
-    client.close()
-
-
-def built_layers(layer_class, **defaults):
-    """Body of a ``make_layer``-style fixture: yields a builder; every layer it
-    built is flushed before use and flushed and closed after the test."""
-    made = []
-
-    def build(**config):
-        layer = layer_class(**{**defaults, **config})
-        layer.flush()
-        made.append(layer)
-        return layer
-
-    yield build
-    for layer in made:
-        try:
-            layer.flush()
-        except Exception:  # a test may have stopped the server on purpose
-            pass
-        layer.close()
+    with redis_server.client() as client:
+        yield client
 
 
 @pytest.fixture

@@ -49,7 +49,14 @@ class LegacyLayer:
             input=pickle.dumps((self.config, list(operations)), protocol=2),
             capture_output=True,
             timeout=60,
+            env=_legacy_environment(),
         )
         if completed.returncode != 0:
             raise RuntimeError(completed.stderr.decode(errors="replace")[-2000:])
         return pickle.loads(completed.stdout)
+
+
+def _legacy_environment():
+    # A PYTHONPATH pointing at this checkout would make the legacy interpreter
+    # import our package instead of 1.4.3's
+    return {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}

@@ -6,9 +6,12 @@ import json
 
 import pytest
 
-from asgi_redis.bench import _second_database
+from asgi_redis import __version__
+from asgi_redis.tools.bench import _second_database
+from asgi_redis.tools.embedded import binary_identity
 
-from .test_cli import assert_one_line_error, run_cli
+from .helpers import assert_one_line_error, run_cli
+from .servers import redis_server_binary
 
 EXPECTED_ROWS = [
     "send", "send + receive pair", "blocking receive p50", "blocking receive p99",
@@ -40,7 +43,8 @@ def test_quick_bench_table_with_embedded_servers():
     result = run_cli("bench", "--quick", "--members", "10,1000")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "embedded Redis" in out
+    product, version = binary_identity(redis_server_binary())
+    assert out.splitlines()[0].startswith(f"asgi_redis {__version__} on embedded {product} {version} ")
     assert "speed vs raw" in out and "EVALSHA of 'return 1'" in out and "RPUSH + LPOP" in out
     assert "target: send >= 0.8x a raw EVALSHA round trip" in out
 

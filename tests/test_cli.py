@@ -10,21 +10,14 @@ import textwrap
 import pytest
 
 from asgi_redis import RedisChannelLayer
-from asgi_redis.embedded import free_port
+from asgi_redis.tools.embedded import binary_identity, free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers import ROOT, LayerBuilder, assert_one_line_error, cli_environment, run_cli
+from .servers import redis_server_binary
+
 PREFIX = "clitest:"
 STATS_PREFIX = "clitest-meta:"
 COMMANDS = ["demo", "stats", "inspect", "flush", "bench"]
-
-
-def run_cli(*args, stdin="", cwd=None, timeout=120, module="asgi_redis"):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], input=stdin, capture_output=True, text=True,
-        cwd=cwd or ROOT, env=env, timeout=timeout,
-    )
 
 
 def location(*servers):
@@ -34,30 +27,12 @@ def location(*servers):
     return args + ["--prefix", PREFIX, "--stats-prefix", STATS_PREFIX]
 
 
-def assert_one_line_error(result, status, *words):
-    assert result.returncode == status, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "error:" in lines[0]
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 @pytest.fixture
 def cli_layer(redis_server):
-    made = []
-
-    def build(*servers):
-        layer = RedisChannelLayer(hosts=[s.url for s in servers or [redis_server]], prefix=PREFIX,
-                                  stats_prefix=STATS_PREFIX, group_expiry=60)
-        layer.flush()
-        made.append(layer)
-        return layer
-
-    yield build
-    for layer in made:
-        layer.flush()
-        layer.close()
+    """``cli_layer(*servers)``: a layer on those servers (default the test server), flushed before and after."""
+    builder = LayerBuilder(RedisChannelLayer, prefix=PREFIX, stats_prefix=STATS_PREFIX, group_expiry=60)
+    yield lambda *servers: builder(hosts=[s.url for s in servers or [redis_server]])
+    builder.close()
 
 
 def fill(layer):
@@ -351,7 +326,9 @@ def test_demo_end_to_end_with_embedded_redis():
                      timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "embedded Redis" in out
+    # the first line names the server it started and its version: the binary the tests use
+    product, version = binary_identity(redis_server_binary())
+    assert out.splitlines()[0].startswith(f"asgi_redis demo on embedded {product} {version} at redis://127.0.0.1:")
     assert "started 2 worker processes" in out
     assert "messages/s" in out and "p99" in out
     assert "3 broadcasts x 10 members: 30/30 delivered" in out
@@ -377,10 +354,9 @@ def test_demo_against_a_given_redis_leaves_nothing_behind(redis_server):
 
 
 def test_demo_stopped_with_sigterm_stops_everything_it_started():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     demo = subprocess.Popen([sys.executable, "-m", "asgi_redis", "demo", "--duration", "60", "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=cli_environment())
     try:
         lines = []
         for line in demo.stdout:

@@ -13,6 +13,7 @@ from cryptography.fernet import Fernet
 
 from asgi_redis import LayerConnectionError, RedisChannelLayer
 
+from .helpers import check_send_and_receive_cost_one_round_trip_each
 from .servers import RedisProcess
 
 
@@ -106,14 +107,8 @@ def test_round_trips_single_shard(layer, round_trips):
     layer.receive(["warm"])
     layer.group_add("warm", "warm")
     layer.send_group("warm", {})
-    round_trips.count = 0
 
-    layer.send("chan", {"a": 1})
-    assert round_trips.count == 1
-    round_trips.count = 0
-    assert layer.receive(["chan"]) == ("chan", {"a": 1})
-    assert round_trips.count == 1
-    round_trips.count = 0
+    check_send_and_receive_cost_one_round_trip_each(layer, round_trips, "chan")
     layer.send("chan", {"a": 2})
     round_trips.count = 0
     assert layer.receive(["chan", "other!"], block=True) == ("chan", {"a": 2})

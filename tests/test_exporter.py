@@ -2,7 +2,6 @@
 prometheus_client's own parser; the figures must match a state set up here."""
 
 import argparse
-import os
 import subprocess
 import sys
 import threading
@@ -16,33 +15,29 @@ from prometheus_client.parser import text_string_to_metric_families
 from asgi_redis import RedisChannelLayer
 from asgi_redis.tools.exporter import ChannelFolding, LayerCollector, MetricsServer, parse_listen
 
+from .helpers import ROOT, LayerBuilder, cli_environment
 from .servers import RedisProcess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "exptest:"
 STATS_PREFIX = "exptest-meta:"
 
 
 @pytest.fixture
 def exp_layer(redis_server):
-    """Layers under the test prefix, flushed before and after (their servers may be stopped)."""
-    made = []
+    """Layers under the test prefix (on the given servers, else the test server),
+    flushed before and after (LayerBuilder tolerates a server a test stopped)."""
+    builder = LayerBuilder(RedisChannelLayer, hosts=[redis_server.url], prefix=PREFIX,
+                           stats_prefix=STATS_PREFIX, expiry=60, group_expiry=60)
 
     def build(*servers, **config):
-        hosts = [server.url for server in servers] or [redis_server.url]
-        layer = RedisChannelLayer(**{"hosts": hosts, "prefix": PREFIX, "stats_prefix": STATS_PREFIX,
-                                     "expiry": 60, "group_expiry": 60, **config})
-        layer.flush()
-        made.append(layer)
-        return layer
+        if servers:
+            config["hosts"] = [server.url for server in servers]
+        return builder(**config)
 
-    yield build
-    for layer in made:
-        try:
-            layer.flush()
-        except Exception:  # a test stopped one of its servers on purpose
-            pass
-        layer.close()
+    try:
+        yield build
+    finally:
+        builder.close()
 
 
 @pytest.fixture
@@ -350,11 +345,9 @@ def test_two_shards_summed_then_one_stopped(exp_layer, serve, own_shards):
 
 
 def run_exporter(*args, cwd=ROOT):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen(
         [sys.executable, "-m", "asgi_redis", "exporter", *args], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, cwd=cwd, env=env,
+        stderr=subprocess.PIPE, text=True, cwd=cwd, env=cli_environment(),
     )
 
 

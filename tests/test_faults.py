@@ -24,7 +24,8 @@ from redis.retry import Retry
 from asgi_redis import ChannelFull, ChannelLayerError, LayerConnectionError, RedisChannelLayer, scripts
 from asgi_redis import retry as retry_policy
 
-from .servers import RedisProcess, redis_server_binary
+from .helpers import built_layers
+from .servers import RedisProcess, redis_server_binary, serving
 
 TIMEOUTS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
 RECOVERY_BOUND = 15.0  # seconds; the real figure is printed and is far lower
@@ -39,26 +40,21 @@ def debug_command_config():
 
 @pytest.fixture
 def server():
-    process = RedisProcess(extra_config=debug_command_config())
-    yield process
-    process.close()
+    yield from serving(extra_config=debug_command_config())
 
 
 @pytest.fixture
 def build(server):
-    made = []
+    """Layers on this test's own server (or ``hosts``), closed after it. Never
+    flushed: some talk through a proxy that drops replies, and the server dies with the test."""
 
     def make(hosts=None, **config):
-        config.setdefault("expiry", 30)
-        config.setdefault("connection_kwargs", dict(TIMEOUTS))
+        config = {"expiry": 30, "connection_kwargs": dict(TIMEOUTS), **config}
         layer = RedisChannelLayer(hosts=hosts or [server.url], **config)
         layer.blpop_timeout = 0.5  # so threads notice the end of a test quickly
-        made.append(layer)
         return layer
 
-    yield make
-    for layer in made:
-        layer.close()
+    yield from built_layers(make, flush_first=False, flush_after=False)
 
 
 def wait_until(condition, timeout, step=0.02):

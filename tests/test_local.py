@@ -12,76 +12,62 @@ import pytest
 
 from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer, waiting
 
-from .servers import RedisProcess
-from .test_conformance import LayerConformance
+from .helpers import built_layers
+from .layer_conformance import LayerConformance
+from .servers import RedisProcess, serving
 
-_servers = {}
 _BODY_KEY = re.compile(r"^asgi:[0-9a-f]{32}$")
+_MODES = ["local_hosts", "local_layer"]  # the two ways to name the local side (see _mode_config)
 
 
-def _remote():
-    if "remote" not in _servers:
-        _servers["remote"] = RedisProcess()
-    return _servers["remote"]
+@pytest.fixture(scope="module")
+def remote_server():
+    yield from serving()
 
 
-def _local():
-    if "local" not in _servers:
-        _servers["local"] = RedisProcess(unix_socket=True)
-    return _servers["local"]
+@pytest.fixture(scope="module")
+def local_server():
+    yield from serving(unix_socket=True)
 
 
-def _local_url():
-    return f"unix://{_local().unix_socket}"
+@pytest.fixture(scope="module")
+def local_url(local_server):
+    return f"unix://{local_server.unix_socket}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stop_servers():
-    yield
-    for server in _servers.values():
-        server.close()
-    _servers.clear()
-
-
-@pytest.fixture
-def remote_raw():
-    client = _remote().client()
-    yield client
-    client.close()
+def _mode_config(mode, local_url):
+    """No extra settings for ``local_hosts`` (make_local's default); the local
+    server as a classic layer given by import path for ``local_layer``."""
+    if mode == "local_hosts":
+        return {}
+    return {"local_layer": "asgi_redis.RedisChannelLayer", "local_layer_config": {"hosts": [local_url]}}
 
 
 @pytest.fixture
-def local_raw():
+def remote_raw(remote_server):
+    with remote_server.client() as client:
+        yield client
+
+
+@pytest.fixture
+def local_raw(local_server):
     # through the socket itself, so the test also proves the socket is what the layer used
     import redis
 
-    client = redis.Redis(unix_socket_path=_local().unix_socket)
-    yield client
-    client.close()
+    with redis.Redis(unix_socket_path=local_server.unix_socket) as client:
+        yield client
 
 
 @pytest.fixture
-def make_local():
+def make_local(remote_server, local_url):
     """Build local-mode layers; each is flushed before and after."""
-    made = []
 
-    def build(**config):
-        config.setdefault("hosts", [_remote().url])
+    def local_layer(**config):
         if "local_layer" not in config:
-            config.setdefault("local_hosts", [_local_url()])
-        config.setdefault("expiry", 1)
-        config.setdefault("group_expiry", 2)
-        layer = RedisLocalChannelLayer(**config)
-        if "flush" in layer.extensions:
-            layer.flush()
-        made.append(layer)
-        return layer
+            config.setdefault("local_hosts", [local_url])
+        return RedisLocalChannelLayer(**config)
 
-    yield build
-    for layer in made:
-        if "flush" in layer.extensions:
-            layer.flush()
-        layer.close()
+    yield from built_layers(local_layer, hosts=[remote_server.url], expiry=1, group_expiry=2)
 
 
 def _keys(client):
@@ -161,17 +147,10 @@ def _check_latencies(label, latencies):
     assert worst < 1.0, latencies  # never the 5 s a stalled side would cost
 
 
-@pytest.mark.parametrize("mode", ["local_hosts", "local_layer"])
-def test_blocking_mixed_receive_sees_either_side_quickly(make_local, mode):
-    if mode == "local_hosts":
-        receiver = make_local()
-    else:
-        receiver = make_local(
-            local_layer="asgi_redis.RedisChannelLayer", local_layer_config={"hosts": [_local_url()]}
-        )
-    sender = make_local(**({} if mode == "local_hosts" else {
-        "local_layer": "asgi_redis.RedisChannelLayer", "local_layer_config": {"hosts": [_local_url()]},
-    }))
+@pytest.mark.parametrize("mode", _MODES)
+def test_blocking_mixed_receive_sees_either_side_quickly(make_local, local_url, mode):
+    config = _mode_config(mode, local_url)
+    receiver, sender = make_local(**config), make_local(**config)
     latencies = _blocking_latencies(
         receiver, sender, ["http.request", "reply?a", "daphne!"],
         ["http.request", "reply?a", "daphne!x"], rounds=12,
@@ -219,11 +198,9 @@ def test_asyncio_mixed_receive_sees_either_side_quickly(make_local):
     _check_latencies("asyncio mixed", asyncio.run(rounds()))
 
 
-@pytest.mark.parametrize("mode", ["local_hosts", "local_layer"])
-def test_a_message_popped_by_the_losing_wait_is_put_back_not_lost(make_local, monkeypatch, mode):
-    config = {} if mode == "local_hosts" else {
-        "local_layer": "asgi_redis.RedisChannelLayer", "local_layer_config": {"hosts": [_local_url()]},
-    }
+@pytest.mark.parametrize("mode", _MODES)
+def test_a_message_popped_by_the_losing_wait_is_put_back_not_lost(make_local, local_url, monkeypatch, mode):
+    config = _mode_config(mode, local_url)
     layer, sender = make_local(**config), make_local(**config)
     sender.send("reply?a", {"n": 0})
     original_wait = waiting.PendingPops.wait
@@ -247,12 +224,12 @@ def test_a_message_popped_by_the_losing_wait_is_put_back_not_lost(make_local, mo
     assert layer.receive(["reply?a", "http.request"]) == (None, None)
 
 
-def test_a_local_server_dying_during_a_mixed_wait_is_a_clear_error(make_local, remote_raw):
+def test_a_local_server_dying_during_a_mixed_wait_is_a_clear_error(make_local, remote_server, remote_raw):
     from asgi_redis import LayerConnectionError
 
     doomed = RedisProcess(unix_socket=True)
     layer = RedisLocalChannelLayer(
-        hosts=[_remote().url], local_hosts=[f"unix://{doomed.unix_socket}"], expiry=1
+        hosts=[remote_server.url], local_hosts=[f"unix://{doomed.unix_socket}"], expiry=1
     )
     try:
         killer = threading.Timer(0.2, doomed.kill)
@@ -270,13 +247,13 @@ def test_a_local_server_dying_during_a_mixed_wait_is_a_clear_error(make_local, r
         doomed.close()
 
 
-def test_without_client_unblock_a_mixed_wait_still_works(make_local, remote_raw, local_raw):
+def test_without_client_unblock_a_mixed_wait_still_works(make_local, remote_server, local_url, remote_raw, local_raw):
     """An ACL user may run CLIENT ID but not CLIENT UNBLOCK: the wait falls back to slices."""
     for raw in (remote_raw, local_raw):
         raw.execute_command("ACL", "SETUSER", "limited", "on", ">pw", "~*", "+@all", "-client", "+client|id")
     sender = make_local()
     layer = RedisLocalChannelLayer(
-        hosts=[_remote().url], local_hosts=[_local_url()], expiry=1,
+        hosts=[remote_server.url], local_hosts=[local_url], expiry=1,
         connection_kwargs={"username": "limited", "password": "pw"},
     )
     try:
@@ -316,12 +293,12 @@ def test_send_group_delivers_normal_members_locally_without_extra_round_trips(
     assert layer.receive(["daphne.response!"]) == ("daphne.response!c", {"text": "hi"})
 
 
-def test_normal_group_members_are_only_seen_on_the_sending_machine(make_local):
+def test_normal_group_members_are_only_seen_on_the_sending_machine(make_local, remote_server):
     """Two machines share the remote Redis but each has its own local one."""
     other_machine = RedisProcess(unix_socket=True)
     here = make_local()
     there = RedisLocalChannelLayer(
-        hosts=[_remote().url], local_hosts=[f"unix://{other_machine.unix_socket}"], expiry=1, group_expiry=2
+        hosts=[remote_server.url], local_hosts=[f"unix://{other_machine.unix_socket}"], expiry=1, group_expiry=2
     )
     try:
         here.group_add("room", "websocket.send.a")
@@ -363,15 +340,15 @@ def test_encryption_applies_to_both_sides(make_local, remote_raw, local_raw):
 # -- configuration ------------------------------------------------------------------
 
 
-def test_nothing_local_configured_fails_at_construction_saying_what_to_set():
+def test_nothing_local_configured_fails_at_construction_saying_what_to_set(remote_server, local_url):
     with pytest.raises(ValueError, match="set local_hosts .* or local_layer"):
-        RedisLocalChannelLayer(hosts=[_remote().url])
+        RedisLocalChannelLayer(hosts=[remote_server.url])
     with pytest.raises(ValueError, match="only one of local_hosts"):
-        RedisLocalChannelLayer(local_hosts=[_local_url()], local_layer="asgi_redis.RedisChannelLayer")
+        RedisLocalChannelLayer(local_hosts=[local_url], local_layer="asgi_redis.RedisChannelLayer")
     with pytest.raises(ValueError, match="local_hosts must be a list"):
-        RedisLocalChannelLayer(local_hosts=_local_url())
+        RedisLocalChannelLayer(local_hosts=local_url)
     with pytest.raises(ValueError, match="local_layer_config is only used"):
-        RedisLocalChannelLayer(local_hosts=[_local_url()], local_layer_config={})
+        RedisLocalChannelLayer(local_hosts=[local_url], local_layer_config={})
 
 
 def test_local_connection_kwargs_apply_to_the_local_side_only(make_local, remote_raw, local_raw):
@@ -399,9 +376,9 @@ def test_bad_local_layer_is_refused_at_construction():
         RedisLocalChannelLayer(local_layer="asgiref.inmemory.ChannelLayer", symmetric_encryption_keys=["k"])
 
 
-def test_local_layer_import_path_gets_the_settings(make_local, remote_raw, local_raw):
+def test_local_layer_import_path_gets_the_settings(make_local, local_url, remote_raw, local_raw):
     layer = make_local(
-        local_layer="asgi_redis.RedisChannelLayer", local_layer_config={"hosts": [_local_url()]},
+        local_layer="asgi_redis.RedisChannelLayer", local_layer_config={"hosts": [local_url]},
         capacity=2, channel_capacity={"big.*": 3},
     )
     local = layer.local_layer
@@ -455,31 +432,24 @@ def test_a_built_local_layer_object_is_used_as_given(make_local):
 
 
 class TestConformanceLocalHosts(LayerConformance):
-    __test__ = True
     layer_class = RedisLocalChannelLayer
 
-    @classmethod
-    def layer_config(cls):
-        return {"hosts": [_remote().url], "local_hosts": [_local_url()]}
+    @staticmethod
+    def layer_config(remote_server, local_url):
+        return {"hosts": [remote_server.url], "local_hosts": [local_url]}
 
 
 class TestConformanceLocalLayerPath(LayerConformance):
-    __test__ = True
     layer_class = RedisLocalChannelLayer
 
-    @classmethod
-    def layer_config(cls):
-        return {
-            "hosts": [_remote().url],
-            "local_layer": "asgi_redis.RedisChannelLayer",
-            "local_layer_config": {"hosts": [_local_url()]},
-        }
+    @staticmethod
+    def layer_config(remote_server, local_url):
+        return {"hosts": [remote_server.url], **_mode_config("local_layer", local_url)}
 
 
 class TestConformanceAsgirefLocalLayer(LayerConformance):
-    __test__ = True
     layer_class = RedisLocalChannelLayer
 
-    @classmethod
-    def layer_config(cls):
-        return {"hosts": [_remote().url], "local_layer": "asgiref.inmemory.ChannelLayer"}
+    @staticmethod
+    def layer_config(remote_server):
+        return {"hosts": [remote_server.url], "local_layer": "asgiref.inmemory.ChannelLayer"}

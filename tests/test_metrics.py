@@ -11,6 +11,7 @@ from asgi_redis import RedisChannelLayer
 from asgi_redis.errors import LayerConnectionError
 from asgi_redis.local import RedisLocalChannelLayer
 
+from .helpers import built_layers
 from .servers import free_port
 
 PREFIX = "mettest:"
@@ -23,21 +24,15 @@ def registry():
     return CollectorRegistry()
 
 
+def any_layer(layer_class=RedisChannelLayer, **config):
+    return layer_class(**config)
+
+
 @pytest.fixture
 def met_layer(redis_server):
-    made = []
-
-    def build(layer_class=RedisChannelLayer, **config):
-        config.setdefault("hosts", [redis_server.url])
-        layer = layer_class(prefix=PREFIX, stats_prefix=STATS_PREFIX, expiry=60, **config)
-        layer.flush()
-        made.append(layer)
-        return layer
-
-    yield build
-    for layer in made:
-        layer.flush()
-        layer.close()
+    """``met_layer(layer_class=RedisChannelLayer, **config)`` under the test prefix."""
+    yield from built_layers(any_layer, hosts=[redis_server.url], prefix=PREFIX, stats_prefix=STATS_PREFIX,
+                            expiry=60)
 
 
 def sample(registry, name, **labels):
@@ -145,8 +140,8 @@ def test_the_default_registry(met_layer):
 
 
 def test_local_layer_counts_both_sides(met_layer, registry, redis_shards):
-    layer = met_layer(RedisLocalChannelLayer, hosts=[redis_shards[0].url], local_hosts=[redis_shards[1].url],
-                      metrics=registry)
+    layer = met_layer(layer_class=RedisLocalChannelLayer, hosts=[redis_shards[0].url],
+                      local_hosts=[redis_shards[1].url], metrics=registry)
     layer.send("http.request", {})  # the machine-local Redis
     layer.send("reply?abc", {})  # the shared one
     assert layer.receive(["http.request", "reply?abc"])[0] is not None

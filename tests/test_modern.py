@@ -5,7 +5,6 @@ skips, since asgiref 1.1.2 and channels 4 cannot share an environment.
 """
 
 import asyncio
-import multiprocessing
 import os
 import threading
 
@@ -21,19 +20,9 @@ from asgi_redis.errors import ChannelFull as LayerChannelFull  # noqa: E402
 from asgi_redis.modern import ChannelFull, SyncChannelsRedisClient, SyncPubSubClient  # noqa: E402
 from asgi_redis.modern.bench import format_report, run_benchmark  # noqa: E402
 
+from .helpers import LayerBuilder  # noqa: E402
+from .modern_support import CONFIGS, KEYS, in_forked_child, run  # noqa: E402
 from .servers import RedisProcess  # noqa: E402
-
-KEYS = ["first secret", "older secret"]
-
-
-_loop = asyncio.new_event_loop()
-
-
-def run(coroutine, timeout=60):
-    """channels_redis's side, in one event loop for the module as in a real consumer
-    process (a fresh loop per call once left its receive stuck on a loaded machine);
-    a stall fails the test instead of hanging the run."""
-    return _loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
 
 
 def receive_all(layer, channels, timeout=10):
@@ -62,31 +51,24 @@ def queued_messages(server):
 
 @pytest.fixture
 def pair(redis_server):
-    """Build (our client, channels_redis layer) with the same config; both flushed after."""
-    made = []
+    """Build (our client, channels_redis layer) with the same config; the
+    client flushes before use, and it is flushed and closed after."""
+    clients = LayerBuilder(SyncChannelsRedisClient)
 
     def build(hosts=None, **config):
         config["hosts"] = hosts or [redis_server.url]
-        client = SyncChannelsRedisClient(**config)
+        client = clients(**config)
         layer = RedisChannelLayer(**config)
         layer.brpop_timeout = 0.2  # sharded normal channels: visit every shard quickly
-        client.flush()
-        made.append(client)
         return client, layer
 
     yield build
-    for client in made:
-        client.flush()
-        client.close()
+    clients.close()
 
 
-@pytest.fixture(params=["plain", "encrypted", "json"])
+@pytest.fixture(params=list(CONFIGS))
 def config(request):
-    return {
-        "plain": {},
-        "encrypted": {"symmetric_encryption_keys": KEYS},
-        "json": {"serializer_format": "json"},
-    }[request.param]
+    return CONFIGS[request.param]
 
 
 def test_send_reaches_specific_and_normal_channels(pair, config, redis_server):
@@ -326,10 +308,7 @@ def test_fork_after_use(pair):
     [channel] = new_channels(layer, 1)
     client.group_add("forked", channel)
     client.send(channel, {"type": "from.parent"})  # the pool now holds a connection
-    child = multiprocessing.get_context("fork").Process(target=_send_from_child, args=(client, channel))
-    child.start()
-    child.join(30)
-    assert child.exitcode == 0
+    in_forked_child(_send_from_child, client, channel)
     client.send(channel, {"type": "parent.again"})
     got = receive_all(layer, [channel] * 4)
     assert [m["type"] for m in got] == ["from.parent", "from.child", "group.from.child", "parent.again"]

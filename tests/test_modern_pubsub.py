@@ -7,7 +7,6 @@ so a stall fails the test instead of hanging the run.
 """
 
 import asyncio
-import multiprocessing
 import threading
 import time
 
@@ -26,16 +25,11 @@ from asgi_redis.modern import GroupMembershipError, SyncChannelsRedisClient, Syn
 from asgi_redis.modern.pubsub_bench import format_report, run_benchmark  # noqa: E402
 from asgi_redis.modern.pubsub_wire import group_channel, server_of  # noqa: E402
 
+from .helpers import LayerBuilder  # noqa: E402
+from .modern_support import CONFIGS, KEYS, LOOP, in_forked_child, run  # noqa: E402
 from .servers import RedisProcess  # noqa: E402
 
-KEYS = ["first secret", "older secret"]
 PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
-
-_loop = asyncio.new_event_loop()
-
-
-def run(coroutine, timeout=60):
-    return _loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
 
 
 def subscriptions(servers, names):
@@ -63,7 +57,7 @@ def until_subscribed(servers, names):
 
 def listen(layer, channels, servers):
     """receive() tasks, one per channel, returned once every channel is subscribed."""
-    tasks = [_loop.create_task(layer.receive(channel)) for channel in channels]
+    tasks = [LOOP.create_task(layer.receive(channel)) for channel in channels]
     until_subscribed(servers, list(channels))
     return tasks
 
@@ -97,36 +91,31 @@ def join(layer, group, channels):
 @pytest.fixture
 def site():
     """Build (producer, consumer factory) on some servers with one config;
-    every consumer layer is flushed (connections closed) after the test."""
-    made = []
+    every producer is closed and every consumer layer flushed (connections
+    closed) after the test."""
+    producers = LayerBuilder(SyncPubSubClient, flush_first=False, flush_after=False)
+    consumers = []  # channels_redis's async layers: flushed in our loop, not by the builder
 
     def build(servers, **config):
         hosts = [server.url for server in servers]
-        producer = SyncPubSubClient(hosts=hosts, **config)
+        producer = producers(hosts=hosts, **config)
 
         def consumer(**overrides):
             layer = RedisPubSubChannelLayer(hosts=hosts, **{**config, **overrides})
-            made.append(layer)
+            consumers.append(layer)
             return layer
 
-        made.append(producer)
         return producer, consumer
 
     yield build
-    for thing in made:
-        if isinstance(thing, SyncPubSubClient):
-            thing.close()
-        else:
-            run(thing.flush())
+    producers.close()
+    for layer in consumers:
+        run(layer.flush())
 
 
-@pytest.fixture(params=["plain", "encrypted", "json"])
+@pytest.fixture(params=list(CONFIGS))
 def config(request):
-    return {
-        "plain": {},
-        "encrypted": {"symmetric_encryption_keys": KEYS},
-        "json": {"serializer_format": "json"},
-    }[request.param]
+    return CONFIGS[request.param]
 
 
 def message_for(config, **fields):
@@ -406,10 +395,7 @@ def test_fork_after_use(site, redis_server):
     [channel] = new_channels(layer, 1)
     until_subscribed([redis_server], [channel])
     producer.send(channel, {"type": "from.parent"})  # the pool now holds a connection
-    child = multiprocessing.get_context("fork").Process(target=_send_from_child, args=(producer, channel))
-    child.start()
-    child.join(30)
-    assert child.exitcode == 0
+    in_forked_child(_send_from_child, producer, channel)
     producer.send(channel, {"type": "parent.again"})
     got = receive_all(layer, [channel] * 3)
     assert [m["type"] for m in got] == ["from.parent", "from.child", "parent.again"]

@@ -17,32 +17,20 @@ from asgi_redis import LayerConnectionError, RedisSentinelChannelLayer, retry
 from asgi_redis.connections import shard_index
 from asgi_redis.sentinel import SentinelShards, parse_sentinel_hosts
 
-from .conftest import built_layers
+from .helpers import built_layers, check_send_and_receive_cost_one_round_trip_each
+from .layer_conformance import LayerConformance
 from .servers import free_port
-from .test_conformance import LayerConformance
 from .topology import SentinelTopology
 
 SERVICES = ["svc-a", "svc-b"]
-_topologies = {}
 
 
-def _topology():
-    if "main" not in _topologies:
-        _topologies["main"] = SentinelTopology(SERVICES)
-    return _topologies["main"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_topology():
-    yield
-    for topology in _topologies.values():
-        topology.close()
-    _topologies.clear()
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def topology():
-    return _topology()
+    """Masters, replicas and sentinels for SERVICES, each stopped by its pid after the module."""
+    topology = SentinelTopology(SERVICES)
+    yield topology
+    topology.close()
 
 
 @pytest.fixture
@@ -297,13 +285,7 @@ def test_round_trips(make_layer, round_trips):
     layer.group_add("g", "chan?1")
     layer.send_group("g", {})
     layer.receive(["chan?1"])
-    round_trips.count = 0
-    layer.send("chan?1", {"a": 1})
-    assert round_trips.count == 1
-    round_trips.count = 0
-    assert layer.receive(["chan?1"]) == ("chan?1", {"a": 1})
-    assert round_trips.count == 1
-    round_trips.count = 0
+    check_send_and_receive_cost_one_round_trip_each(layer, round_trips, "chan?1")
     layer.send_group("g", {"b": 2})
     assert round_trips.count == 2
 
@@ -322,25 +304,23 @@ def test_receive_async(make_layer):
 
 
 class TestSentinelConformance(LayerConformance):
-    __test__ = True
     layer_class = RedisSentinelChannelLayer
 
-    @classmethod
-    def layer_config(cls):
-        return {"hosts": _topology().sentinel_addresses, "services": ["svc-a"]}
+    @staticmethod
+    def layer_config(topology):
+        return {"hosts": topology.sentinel_addresses, "services": ["svc-a"]}
 
 
 class TestSentinelShardedConformance(LayerConformance):
     """Both services; capacity is per shard for normal channels, as in
     test_conformance's TestSharded."""
 
-    __test__ = True
     layer_class = RedisSentinelChannelLayer
     capacity_limit = None
 
-    @classmethod
-    def layer_config(cls):
-        return {"hosts": _topology().sentinel_addresses}
+    @staticmethod
+    def layer_config(topology):
+        return {"hosts": topology.sentinel_addresses}
 
 
 # -- failover ------------------------------------------------------------------------

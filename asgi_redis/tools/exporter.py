@@ -31,12 +31,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
 
-from .. import inspection
-from ..command_options import USAGE_ERROR, CommandError, layer_from_args
 from ..connections import ShardSet
 from ..core import RedisChannelLayer
-from ..embedded import cleanup_on_sigterm
 from ..errors import ChannelLayerError
+from ..keyspace import glob_escape, scan_batches
+from . import inspection
+from .command_options import USAGE_ERROR, CommandError, layer_from_args
+from .embedded import cleanup_on_sigterm
 
 try:
     from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -226,7 +227,8 @@ class LayerCollector(Collector):
             figures.complete = False
             return
         scanned = 0
-        for keys in inspection.scan_batches(client, self.layer.stats_prefix):
+        pattern = glob_escape(self.layer.stats_prefix) + "*"
+        for keys in scan_batches(client, pattern, batch=inspection.SCAN_BATCH, key_budget=budget):
             scanned += len(keys)
             wanted = []
             for key in keys:
@@ -411,7 +413,7 @@ def parse_listen(text: str) -> Tuple[str, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import _positive_int  # the command line's number checks; cli imports us lazily
+    from .cli import _positive_int  # the command line's number checks; cli imports us lazily
 
     parser.add_argument("--listen", type=parse_listen, default=DEFAULT_LISTEN, metavar="HOST:PORT",
                         help="where to serve /metrics (default %(default)s)")

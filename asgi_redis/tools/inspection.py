@@ -16,8 +16,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import redis
 
-from . import spec
-from .core import RedisChannelLayer
+from .. import spec
+from ..core import RedisChannelLayer
+from ..keyspace import glob_escape, scan_batches
 
 SCAN_BATCH = 500
 KEYS_PER_LISTED = 1000  # inspect looks at most --limit x this many keys per shard
@@ -57,20 +58,9 @@ def shards_of(layer: RedisChannelLayer) -> List[Tuple[str, redis.Redis]]:
     return [(shards.describe(index), shards.client(index)) for shards, index in layer._sweep()]
 
 
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def scan_batches(client: redis.Redis, prefix: str, batch: int = SCAN_BATCH) -> Iterator[List[bytes]]:
-    """Keys under ``prefix``, one SCAN reply at a time."""
-    cursor = 0
-    pattern = glob_escape(prefix) + "*"
-    while True:
-        cursor, keys = client.scan(cursor=cursor, match=pattern, count=batch)
-        if keys:
-            yield keys
-        if cursor == 0:
-            return
+def _keys_under(client: redis.Redis, prefix: str, batch: int = SCAN_BATCH) -> Iterator[List[bytes]]:
+    """Keys under ``prefix``, a SCAN batch at a time."""
+    return scan_batches(client, glob_escape(prefix) + "*", batch=batch)
 
 
 def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redis,
@@ -81,7 +71,7 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
     budget = limit * KEYS_PER_LISTED if key_budget is None else key_budget
     prefix = layer.prefix
     group_prefix = f"{prefix}:group:"
-    for keys in scan_batches(client, prefix):
+    for keys in _keys_under(client, prefix):
         contents.scanned += len(keys)
         types = _pipelined(client, [("type", key) for key in keys])
         lists, groups = [], []
@@ -158,14 +148,14 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
     """Channel names that have statistics counters or a queue, at most ``limit``."""
     names: Dict[str, None] = {}
     for _, client in shards_of(layer):
-        for keys in scan_batches(client, layer.stats_prefix):
+        for keys in _keys_under(client, layer.stats_prefix):
             for key in keys:
                 parsed = statistics_key_channel(layer, key)
                 if parsed is not None:
                     names[parsed[0]] = None
             if len(names) >= limit:
                 return sorted(names)[:limit]
-        for keys in scan_batches(client, layer.prefix):
+        for keys in _keys_under(client, layer.prefix):
             for key, kind in zip(keys, _pipelined(client, [("type", key) for key in keys])):
                 name = key.decode("utf8", "replace")[len(layer.prefix):]
                 if kind in (b"list", "list") and _is_channel_name(name):
@@ -206,8 +196,7 @@ def other_layer_prefixes(layer: RedisChannelLayer, max_keys: int = 20000) -> Tup
     prefixes, stats_prefixes = set(), set()
     marker = f"{layer.global_stats_key}:messages_count"
     for _, client in shards_of(layer):
-        seen = 0
-        for keys in scan_batches(client, "", batch=1000):
+        for keys in scan_batches(client, "*", batch=1000, key_budget=max_keys):
             for key in keys:
                 text = key.decode("utf8", "replace")
                 if text.endswith(marker):
@@ -216,9 +205,6 @@ def other_layer_prefixes(layer: RedisChannelLayer, max_keys: int = 20000) -> Tup
                     prefixes.add(text.split(":group:", 1)[0])
                 elif _BODY_KEY.match(text):
                     prefixes.add(text[:-32])
-            seen += len(keys)
-            if seen >= max_keys:
-                break
     prefixes.discard(layer.prefix)
     stats_prefixes.discard(layer.stats_prefix)
     return sorted(prefixes - {""}), sorted(stats_prefixes)

@@ -5,8 +5,8 @@ message on the demo's own ``?`` reply channel; then a group whose members are
 the workers' process-specific (``!``) channels gets broadcasts. A progress
 line shows messages/s and latency while it runs, a summary closes it.
 
-Without --url or --settings it starts its own redis-server (see
-asgi_redis.embedded). It writes under a prefix of its own, removes its keys
+Without --url or --settings it starts its own Valkey or Redis server (see
+asgi_redis.tools.embedded). It writes under a prefix of its own, removes its keys
 at the end and stops everything it started, by pid, also on Ctrl-C.
 """
 
@@ -19,11 +19,12 @@ import secrets
 import sys
 import time
 from contextlib import ExitStack
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Type
 
+from ..core import RedisChannelLayer
 from .command_options import CommandError, finish_config, has_location, layer_config
-from .core import RedisChannelLayer
 from .embedded import EmbeddedRedis, cleanup_on_sigterm
+from .output import percentile
 
 WORK_CHANNEL = "demo.work"
 GROUP = "demo.room"
@@ -270,13 +271,6 @@ def _group_line(done: int, total: int, members: int, send_times: List[float], fa
             f"all {members} answered p50 {_ms(fan_out, 50)}")
 
 
-def percentile(values: List[float], percent: float) -> Optional[float]:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * percent / 100))]
-
-
 def _ms(values: List[float], percent: float) -> str:
     value = percentile(values, percent)
     return "-" if value is None else f"{value * 1000:.2f} ms"
@@ -292,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
             server = EmbeddedRedis()
             cleanup.callback(server.close)
             backend, config = RedisChannelLayer, {"hosts": [server.url]}
-            where = f"embedded Redis {server.version()} at {server.url} (pid {server.pid}, {server.binary})"
+            where = f"embedded {server.describe()} at {server.url} (pid {server.pid}, {server.binary})"
         tag = secrets.token_hex(3)
         # its own prefixes, so the demo can remove all it wrote and nothing else
         own = {"prefix": f"asgi-demo-{tag}:", "stats_prefix": f"asgi-demo-meta-{tag}:",
@@ -310,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
         demo.run_work()
         demo.run_group()
         complete = demo.summary()
-    print("stopped the workers" + ("" if has_location(args) else " and the embedded Redis")
+    print("stopped the workers" + ("" if has_location(args) else " and the embedded server")
           + ", removed the demo's keys", flush=True)
     return 0 if complete else 1
 

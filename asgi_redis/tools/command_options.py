@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, Callable, Dict, Optional, Tuple, Type
 
-from .core import RedisChannelLayer
+from ..core import RedisChannelLayer
 
 USAGE_ERROR = 2
 RUNTIME_ERROR = 1
@@ -167,8 +167,8 @@ def run_command(prog: str, command: Callable[[argparse.Namespace], int], args: a
     """Run a subcommand, turning every expected failure into one line and an exit status."""
     import redis
 
+    from ..errors import LayerConnectionError
     from .embedded import NoRedisServer
-    from .errors import LayerConnectionError
 
     try:
         return command(args)

@@ -13,9 +13,11 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-from . import __version__, inspection
+from .. import __version__
+from ..core import RedisChannelLayer
+from . import inspection
 from .command_options import (
     RUNTIME_ERROR,
     CommandError,
@@ -24,7 +26,7 @@ from .command_options import (
     layer_from_args,
     run_command,
 )
-from .core import RedisChannelLayer
+from .output import format_table
 
 PROG = "asgi-redis"
 _STAT_COLUMNS = ("messages_count", "messages_pending", "messages_max_age", "channel_full_count")
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="watch the layer work live (starts an embedded Redis when no --url is given)",
+        "demo", help="watch the layer work live (starts an embedded Valkey or Redis when no --url is given)",
         description="Show the layer working: worker processes consuming a channel, replies on a "
                     "'?' channel, a group broadcast; live messages/s and latency, then a summary. "
                     "Without --url or --settings it starts its own Redis. It writes under its own "
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "time. Needs the 'metrics' extra (prometheus_client).",
     )
     add_layer_options(exporter)
-    from .tools.exporter import add_arguments as add_exporter_arguments
+    from .exporter import add_arguments as add_exporter_arguments
     add_exporter_arguments(exporter)
     exporter.set_defaults(func=_command_exporter)
     return parser
@@ -271,23 +273,11 @@ def _command_bench(args: argparse.Namespace) -> int:
 
 
 def _command_exporter(args: argparse.Namespace) -> int:
-    from .tools.exporter import run
+    from .exporter import run
     return run(args)
 
 
 # -- helpers ----------------------------------------------------------------------
-
-
-def format_table(headers: List[str], rows: List[List[str]], left: Sequence[int] = (0,)) -> List[str]:
-    """Columns padded to their widest cell: those in ``left`` left-aligned, numbers right-aligned."""
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: List[str]) -> str:
-        padded = [str(cell).ljust(width) if i in left else str(cell).rjust(width)
-                  for i, (cell, width) in enumerate(zip(cells, widths))]
-        return "  ".join(padded).rstrip()
-
-    return [line(headers), *(line(row) for row in rows)]
 
 
 def _warn_if_wrong_prefix(layer: RedisChannelLayer, prefix_empty: bool, stats_empty: bool) -> None:

@@ -1,0 +1,56 @@
+"""The base class that runs asgiref 1.1.2's conformance suite against one
+layer configuration.
+
+Apart from helpers.py because the ``modern`` tox env (asgiref 3, which has no
+conformance suite) imports helpers.py but never this.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import pytest
+from asgiref import conformance
+
+from asgi_redis import RedisChannelLayer
+
+from .helpers import LayerBuilder
+
+
+class LayerConformance(conformance.ConformanceTestCase):
+    """asgiref 1.1.2's conformance suite against one layer configuration.
+
+    A configuration is a subclass: ``layer_class`` and a static ``layer_config``
+    returning the layer's keywords. ``layer_config``'s parameters name the
+    server fixtures it needs, as a pytest fixture's parameters do; the layer is
+    built once per class (expiry 1 s, group expiry 2 s, capacity
+    ``capacity_limit`` or 100 where that is None) and flushed before every
+    test by the suite itself.
+    Every subclass is collected; this base is not.
+    """
+
+    __test__ = False
+    layer_class: Callable[..., Any] = RedisChannelLayer
+    expiry_delay = 1.1
+    capacity_limit = 5
+    receive_tries = 1
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "__test__" not in cls.__dict__:
+            cls.__test__ = True
+
+    @staticmethod
+    def layer_config() -> dict:
+        raise NotImplementedError("a conformance configuration defines layer_config")
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def _class_layer(cls, request):
+        servers = {name: request.getfixturevalue(name) for name in inspect.signature(cls.layer_config).parameters}
+        builder = LayerBuilder(cls.layer_class, expiry=1, group_expiry=2, capacity=cls.capacity_limit or 100)
+        cls.channel_layer = builder(**cls.layer_config(**servers))
+        yield
+        cls.channel_layer = None
+        builder.close()
