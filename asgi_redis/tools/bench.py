@@ -56,6 +56,7 @@ MESSAGE = {  # about the size of a Channels 1.x http.request
 TRIVIAL_SCRIPT = b"return 1"
 SEND_TARGET = 0.8
 GROUP_TARGET_SECONDS = 0.030
+METRICS_COST_TARGET = 0.03  # in-process metrics may slow an operation by this fraction at most
 
 
 @dataclass
@@ -76,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", default="10,100,1000,10000",
                         help="group sizes for send_group, comma-separated (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    parser.add_argument("--metrics-cost", action="store_true",
+                        help="instead: the layer with in-process metrics on against the same layer with "
+                             "them off, in alternating rounds (needs prometheus_client)")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw ours beside the raw limit (needs matplotlib)")
 
@@ -134,6 +138,20 @@ class Bench:
             sizes = self.members if layer is self.plain else [m for m in self.members if m == 1000][:1]
             for members in sizes:
                 report(self.group(f"{prefix}send_group {members:,} members", layer, members))
+        return self.rows
+
+    def metrics_cost(self, report: Callable[[Row], None]) -> List[Row]:
+        """The same operations with the in-process instruments on ("ours") and off ("raw")."""
+        from prometheus_client import CollectorRegistry
+
+        plain = self.configs[id(self.plain)]
+        counted = self._layer({**plain, "metrics": CollectorRegistry()}, plain["hosts"])
+        off = "the same layer, metrics off"
+        report(self.rate("send, metrics on", counted, lambda i: counted.send("bench.send", MESSAGE),
+                         off, lambda i: self.plain.send("bench.send", MESSAGE)))
+        report(self.rate("send + receive pair, metrics on", counted, lambda i: self._pair(counted),
+                         off, lambda i: self._pair(self.plain)))
+        report(self.group("send_group 100 members, metrics on", counted, 100, against=self.plain))
         return self.rows
 
     def rate(self, name: str, layer: RedisChannelLayer, ours: Callable[[int], Any],
@@ -196,7 +214,10 @@ class Bench:
                                       "RPUSH waking a BLPOP", raw_value / ours_value)))
         return rows
 
-    def group(self, name: str, layer: RedisChannelLayer, members: int) -> Row:
+    def group(self, name: str, layer: RedisChannelLayer, members: int,
+              against: Optional[RedisChannelLayer] = None) -> Row:
+        """send_group to ``members`` against the bare commands, or against the send_group of
+        layer ``against`` (on the same prefix, so the same group)."""
         group = f"bench.group{members}"
         # daphne's reply channels are process-specific (``!``): each member gets its own body
         names = [f"daphne.response.{self.tag}{i}!{i:06d}" for i in range(members)]
@@ -211,13 +232,17 @@ class Bench:
                 for _ in range(repeats):
                     if which == "ours":
                         layer.send_group(group, MESSAGE)
+                    elif against is not None:
+                        against.send_group(group, MESSAGE)
                     else:
                         self._raw_group(layer, group, body)
                 elapsed = (time.perf_counter() - started) / repeats
                 (ours_times if which == "ours" else raw_times).append(elapsed)
         layer.flush()
+        raw_label = "the same layer, metrics off" if against is not None \
+            else "ZRANGE + one pipeline of SET/RPUSH/EXPIRE per member"
         return self._row(name, "ms", [t * 1000 for t in ours_times], [t * 1000 for t in raw_times],
-                         "ZRANGE + one pipeline of SET/RPUSH/EXPIRE per member", higher_is_better=False)
+                         raw_label, higher_is_better=False)
 
     def _fill_group(self, layer: RedisChannelLayer, group: str, names: List[str]) -> None:
         # one ZADD instead of a group_add per member: setup time is not what we measure
@@ -310,6 +335,11 @@ def render(rows: Sequence[Row]) -> str:
 
 def targets(rows: Sequence[Row]) -> List[str]:
     lines = []
+    for row in rows:
+        if row.name.endswith(", metrics on"):
+            verdict = "met" if row.ratio >= 1 - METRICS_COST_TARGET else "NOT met"
+            lines.append(f"target: {row.name[:-len(', metrics on')]} with metrics on within "
+                         f"{METRICS_COST_TARGET:.0%} of off: {row.ratio:.3f}x ({verdict})")
     send = next((row for row in rows if row.name == "send"), None)
     if send:
         verdict = "met" if send.ratio >= SEND_TARGET else "NOT met"
@@ -396,7 +426,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(title, flush=True)
             print("(measuring; one line per figure)", flush=True)
-        rows = bench.run(lambda row: None if args.json else print(
+        measure = bench.metrics_cost if args.metrics_cost else bench.run
+        rows = measure(lambda row: None if args.json else print(
             f"  {row.name}: {_figure(row.ours, row.unit)} vs {_figure(row.raw, row.unit)} "
             f"raw, {row.ratio:.2f}x", flush=True))
         if args.json:
