@@ -11,21 +11,24 @@ send/receive code never knows which it has.
 from __future__ import annotations
 
 import binascii
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import urlparse
 
 import redis
 
-from . import retry
+from .clients import HostSpec, describe, make_client
 
-HostSpec = Union[str, Tuple[str, int]]
+__all__ = [
+    "HostSpec", "describe", "make_client", "shard_index", "check_connection_kwargs",
+    "parse_hosts", "parse_host", "ShardSet", "HostShards",
+]
 
 URL_SCHEMES = ("redis", "rediss", "unix")
 
 # redis-py retries every command on connection errors by default. A retried
 # EVALSHA of our send script, after the first one ran but its reply was lost,
-# would queue the message twice: the layer is at-most-once, so retries follow
-# asgi_redis.retry, which repeats only what cannot duplicate a message.
+# would queue the message twice: the layer is at-most-once, so every client
+# comes from clients.py, whose retry policy repeats only what cannot duplicate.
 
 _FORBIDDEN_KWARGS = {
     "decode_responses": "message bodies are binary; the layer decodes names itself",
@@ -84,26 +87,6 @@ def parse_host(host: Any, what: str = "hosts") -> HostSpec:
             if 0 < port < 65536:
                 return (address, port)
     raise ValueError(f"{what} entry {host!r} is neither a redis URL nor a (host, port) pair")
-
-
-def describe(host: HostSpec) -> str:
-    """A host for messages, without any password a URL may carry."""
-    if isinstance(host, str):
-        parsed = urlparse(host)
-        if parsed.scheme == "unix":
-            return f"unix://{parsed.path}"
-        return f"{parsed.scheme}://{parsed.hostname}:{parsed.port or 6379}{parsed.path or ''}"
-    return f"{host[0]}:{host[1]}"
-
-
-def make_client(host: HostSpec, connection_kwargs: Dict[str, Any]) -> redis.Redis:
-    kwargs = {**retry.client_defaults(), **connection_kwargs}
-    try:
-        if isinstance(host, str):
-            return retry.install(redis.Redis.from_url(host, **kwargs))
-        return retry.install(redis.Redis(host=host[0], port=host[1], **kwargs))
-    except TypeError as error:
-        raise ValueError(f"connection_kwargs not accepted by redis-py for {describe(host)}: {error}") from None
 
 
 class ShardSet:

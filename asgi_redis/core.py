@@ -1,45 +1,53 @@
 """RedisChannelLayer: the ASGI 1.0 channel layer over sharded Redis.
 
-Wire-compatible with asgi_redis 1.4.3 (see SPEC.md section 3), so old and
-new processes can share one Redis during a rolling upgrade. Every hot path
-is one Lua script per shard: send 1 round trip, non-blocking receive 1 per
-shard asked, send_group 1 to read the group plus 1 per shard written.
+By default wire-compatible with asgi_redis 1.4.3 (its data layout, key by
+key, is in docs/layout.md), so old and new processes can share one Redis
+during a rolling upgrade. Where keys go and which scripts run is the key
+layout's business (``asgi_redis/layouts/``); this module routes calls to
+shards and runs what the layout asks. Every hot path is one Lua script per
+shard: send 1 round trip, non-blocking receive 1 per shard asked,
+send_group 1 to read the group plus 1 per shard written.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
 import random
 import string
 import time
 import warnings
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import redis
 
 from . import retry, scripts, spec
-from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts, shard_index
+from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts
 from .errors import ChannelFull, ChannelLayerError, LayerConnectionError, MessageTooLarge
 from .extensions import ExtensionsMixin
+from .keyspace import scan_batches
+from .layouts import get_layout
+from .layouts.base import Layout, LayoutSettings, Operation, Popped
 from .metrics import instrument, instruments_for
-from .receiving import ReceivePlan
+from .receive import Receive, ServerQuirks
+from .receive.port import Found, Target
 from .serializers import EncryptedSerializer, MsgpackSerializer, UndecodableMessage
 
 logger = logging.getLogger("asgi_redis")
 
 Message = Dict[str, Any]
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
-_GROUP_CHUNK = 1000  # members per script call: bounds how long one call holds Redis
+_FLUSH_BATCH = 1000  # keys per SCAN reply and per DEL in a flush
 _random = random.SystemRandom()
 
 
 class RedisChannelLayer(ExtensionsMixin):
     """ASGI 1.0 channel layer backed by one or more Redis servers.
 
-    Configure it with the keywords of SPEC.md section 2, either directly or
-    through Django's ``CHANNEL_LAYERS[...]["CONFIG"]``.
+    Configure it with the keywords documented in README.rst (Configuration),
+    either directly or through Django's ``CHANNEL_LAYERS[...]["CONFIG"]``.
+    ``layout`` picks the key layout ("classic", 1.4.3's, is the default;
+    see docs/layout.md).
     """
 
     ChannelFull = ChannelFull
@@ -48,9 +56,10 @@ class RedisChannelLayer(ExtensionsMixin):
     default_hosts: Sequence[Any] = [("localhost", 6379)]
     blpop_timeout = 5  # seconds a blocking receive waits before (None, None)
     shard_poll_interval = 0.02  # per-shard BLPOP slice when servers cannot cancel a wait (Redis < 5)
-    _client_unblock: Optional[bool] = None  # False once a server refused CLIENT ID or CLIENT UNBLOCK
-    global_stats_key = "#global#"
+    global_stats_key = "#global#"  # the classic layout's global statistics name (the CLI reads it)
     new_channel_suffix_length = 12
+    # told (shard description, action) of every LayerConnectionError; the metrics set it
+    _connection_error_hook: Optional[Callable[[str, str], None]] = None
 
     def __init__(
         self,
@@ -64,8 +73,10 @@ class RedisChannelLayer(ExtensionsMixin):
         stats_prefix: str = "asgi-meta:",
         connection_kwargs: Optional[Dict[str, Any]] = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        layout: str = "classic",
         metrics: Any = False,
     ) -> None:
+        layout_class = get_layout(layout)
         self.expiry = spec.check_positive_int("expiry", expiry)
         self.group_expiry = spec.check_positive_int("group_expiry", group_expiry)
         self.capacity = spec.check_positive_int("capacity", capacity)
@@ -85,13 +96,12 @@ class RedisChannelLayer(ExtensionsMixin):
             self.serializer = EncryptedSerializer(
                 self.serializer, symmetric_encryption_keys, ttl=self.expiry + 10
             )
-        # send.lua's fixed arguments, encoded once (every argument costs on the hot path)
-        self._key_prefix = self.prefix.encode("utf8")
-        self._send_constants = [
-            str(self.expiry).encode(),
-            self.stats_prefix.encode("utf8"),
-            str(len(self._key_prefix)).encode(),
-        ]
+        self.layout: Layout = layout_class(LayoutSettings(
+            self.prefix, self.stats_prefix, self.expiry, self.group_expiry, self.channel_capacity.for_channel
+        ))
+        self.quirks = ServerQuirks()  # what the servers turned out not to support
+        self._receive_port = _ReceivePort(self)
+        self._init_extensions()
         self.shards: ShardSet = self._create_shards(hosts)
         # Normal channels may live elsewhere (RedisLocalChannelLayer); by default
         # they are spread over the same shards as everything else.
@@ -135,20 +145,18 @@ class RedisChannelLayer(ExtensionsMixin):
         if "!" in channel:
             message = dict(message)
             message[spec.RESERVED_KEY] = channel
-        keys, args = self._send_call([(queue, [self._encode(message, channel)])])
+        calls = self.layout.send_calls([(queue, [self._encode(message, channel)])])
         shards, index = self._route(queue)
         try:
-            with self._guard(shards, index, "send"):
-                full = scripts.SEND(shards.client(index), keys, args)
+            replies = self._run(shards, index, "send", calls)
         except LayerConnectionError as error:
             # A normal channel may live on any shard: when this one could not even be
             # connected to, nothing was sent (no duplicate possible), so use the next.
             if spec.is_directed(queue) or len(shards) == 1 or not retry.nothing_sent(error.__cause__):
                 raise
             index = (index + 1) % len(shards)
-            with self._guard(shards, index, "send"):
-                full = scripts.SEND(shards.client(index), keys, args)
-        if full:
+            replies = self._run(shards, index, "send", calls)
+        if self.layout.read_send(replies):
             capacity = self.channel_capacity.for_channel(queue)
             raise self.ChannelFull(f"channel {channel!r} is at its capacity of {capacity}")
 
@@ -160,8 +168,7 @@ class RedisChannelLayer(ExtensionsMixin):
         names = spec.validate_channel_list(channels)
         if not names:
             return None, None
-        plan = ReceivePlan(self, self._receive_targets(names), next(self._receive_turn))
-        return plan.run(block)
+        return self._receive(self._receive_targets(names)).run(block)
 
     def receive_many(self, channels: Iterable[str], block: bool = False) -> Tuple[Optional[str], Optional[Message]]:
         """Deprecated alias of :meth:`receive`."""
@@ -175,10 +182,9 @@ class RedisChannelLayer(ExtensionsMixin):
             name = pattern + "".join(
                 _random.choices(string.ascii_letters, k=self.new_channel_suffix_length)
             )
-            index = self.shard_for(name)
-            with self._guard(self.shards, index, "new_channel"):
-                if not self.shards.client(index).exists(self.prefix + name):
-                    return name
+            if not self._run(self.shards, self.shard_for(name), "new_channel",
+                             [self.layout.new_channel_probe(name)])[0]:
+                return name
 
     # -- groups ---------------------------------------------------------------
 
@@ -186,21 +192,15 @@ class RedisChannelLayer(ExtensionsMixin):
         """Add ``channel`` to ``group``, or refresh its membership."""
         spec.validate_group_name(group)
         spec.validate_channel_name(channel)
-        index = self.shard_for(group)
-        with self._guard(self.shards, index, "group_add"):
-            scripts.GROUP_ADD(
-                self.shards.client(index),
-                [self._group_key(group)],
-                [repr(time.time()), channel, self.group_expiry],
-            )
+        self._run(self.shards, self.shard_for(group), "group_add",
+                  self.layout.group_add_ops(group, channel, time.time()))
 
     def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; a non-member is no error."""
         spec.validate_group_name(group)
         spec.validate_channel_name(channel)
-        index = self.shard_for(group)
-        with self._guard(self.shards, index, "group_discard"):
-            self.shards.client(index).zrem(self._group_key(group), channel)
+        self._run(self.shards, self.shard_for(group), "group_discard",
+                  self.layout.group_discard_ops(group, channel))
 
     def group_channels(self, group: str) -> List[str]:
         """The current members of ``group`` (expired ones pruned)."""
@@ -229,12 +229,9 @@ class RedisChannelLayer(ExtensionsMixin):
             batch[2].setdefault(queue, []).append(named_bodies.get(channel, plain_body))
         full = 0
         for shards, index, runs in batches.values():
-            calls = [(scripts.SEND, *self._send_call(chunk)) for chunk in _chunk_runs(runs, _GROUP_CHUNK)]
-            with self._guard(shards, index, "send_group"):
-                if len(calls) == 1:
-                    full += scripts.SEND(shards.client(index), calls[0][1], calls[0][2])
-                else:
-                    full += sum(scripts.run_pipeline(shards.client(index), calls))
+            full += self.layout.read_send(
+                self._run(shards, index, "send_group", self.layout.send_calls(list(runs.items())))
+            )
         return full
 
     # -- flush and statistics -----------------------------------------------
@@ -256,12 +253,11 @@ class RedisChannelLayer(ExtensionsMixin):
     def global_statistics(self) -> Dict[str, int]:
         """``messages_count`` and ``channel_full_count`` summed over every shard."""
         totals = {"messages_count": 0, "channel_full_count": 0}
-        keys = [self._stats_key(self.global_stats_key, name) for name in totals]
+        operations = self.layout.global_stats_ops()
         for shards, index in self._sweep():
-            with self._guard(shards, index, "global_statistics"):
-                values = shards.client(index).mget(keys)
-            for name, value in zip(totals, values):
-                totals[name] += int(value or 0)
+            replies = self._run(shards, index, "global_statistics", operations)
+            for name, value in self.layout.read_global_stats(replies).items():
+                totals[name] += value
         return totals
 
     def channel_statistics(self, channel: str) -> Dict[str, int]:
@@ -269,20 +265,12 @@ class RedisChannelLayer(ExtensionsMixin):
         spec.validate_channel_name(channel)
         queue = spec.non_local_name(channel)
         stats = {"messages_count": 0, "messages_pending": 0, "messages_max_age": 0, "channel_full_count": 0}
-        keys = [
-            self.prefix + queue,
-            self._stats_key(queue, "messages_count"),
-            self._stats_key(queue, "channel_full_count"),
-        ]
+        operations = self.layout.channel_stats_ops(queue)
         for shards, index in self._targets_for(queue):
-            with self._guard(shards, index, "channel_statistics"):
-                count, full, pending, age = scripts.CHANNEL_STATS(
-                    shards.client(index), keys, [self.expiry]
-                )
-            stats["messages_count"] += count
-            stats["channel_full_count"] += full
-            stats["messages_pending"] += pending
-            stats["messages_max_age"] = max(stats["messages_max_age"], age)
+            replies = self._run(shards, index, "channel_statistics", operations)
+            for name, value in self.layout.read_channel_stats(replies).items():
+                # the oldest message anywhere is the channel's oldest; the rest add up
+                stats[name] = max(stats[name], value) if name == "messages_max_age" else stats[name] + value
         return stats
 
     def close(self) -> None:
@@ -294,27 +282,35 @@ class RedisChannelLayer(ExtensionsMixin):
 
     def shard_for(self, name: str) -> int:
         """Index of the shard holding a ``?``/``!`` channel or a group."""
-        return shard_index(spec.non_local_name(name), len(self.shards))
+        return self.layout.shard_of(spec.non_local_name(name), len(self.shards))
 
     def _route(self, queue: str) -> Tuple[ShardSet, int]:
         """Where a send to ``queue`` goes: fixed for ``?``/``!``, in turn for normal ones."""
         if spec.is_directed(queue):
-            return self.shards, shard_index(queue, len(self.shards))
+            return self.shards, self.layout.shard_of(queue, len(self.shards))
         return self.normal_shards, next(self._send_turn) % len(self.normal_shards)
 
     def _targets_for(self, queue: str) -> List[Tuple[ShardSet, int]]:
         """Every shard where messages for ``queue`` may wait."""
         if spec.is_directed(queue):
-            return [(self.shards, shard_index(queue, len(self.shards)))]
+            return [(self.shards, self.layout.shard_of(queue, len(self.shards)))]
         return [(self.normal_shards, index) for index in range(len(self.normal_shards))]
 
-    def _receive_targets(self, names: List[str]) -> List[Tuple[ShardSet, int, List[str]]]:
-        """Queue keys to look at, grouped per shard (one script call each)."""
-        grouped: Dict[Tuple[int, int], Tuple[ShardSet, int, List[str]]] = {}
+    def _receive_targets(self, names: List[str]) -> List[Target]:
+        """Queue keys to look at, grouped per shard and as the layout lets one pop cover them."""
+        grouped: Dict[Tuple[int, int], Tuple[ShardSet, int, List[bytes]]] = {}
         for name in names:
             for shards, index in self._targets_for(name):
-                grouped.setdefault((id(shards), index), (shards, index, []))[2].append(self.prefix + name)
-        return list(grouped.values())
+                grouped.setdefault((id(shards), index), (shards, index, []))[2].extend(self.layout.receive_keys(name))
+        return [
+            (shards, index, keys)
+            for shards, index, all_keys in grouped.values()
+            for keys in self.layout.group_keys(all_keys)
+        ]
+
+    def _receive(self, targets: List[Target], poll: Any = None, poll_interval: float = 0.02) -> Receive:
+        """One receive over ``targets``, carried out by the receive engine."""
+        return Receive(self._receive_port, targets, next(self._receive_turn), poll, poll_interval)
 
     def _sweep(self) -> List[Tuple[ShardSet, int]]:
         """Every distinct shard of this layer, for flush and statistics."""
@@ -334,37 +330,6 @@ class RedisChannelLayer(ExtensionsMixin):
             )
         return body
 
-    def _send_call(self, runs: Sequence[Tuple[str, List[bytes]]]) -> Tuple[list, list]:
-        """KEYS and ARGV of send.lua for runs of ``(queue, bodies to queue on it)``."""
-        keys: List[bytes] = []
-        run_args: List[Any] = []
-        bodies: List[bytes] = []
-        body_numbers: Dict[int, int] = {}  # by identity: a group's shared body is sent once
-        for queue, run_bodies in runs:
-            keys.append(self._key_prefix + queue.encode("utf8"))
-            keys += self._new_body_keys(len(run_bodies))
-            run_args += [self.channel_capacity.for_channel(queue), len(run_bodies)]
-            for body in run_bodies:
-                number = body_numbers.get(id(body))
-                if number is None:
-                    bodies.append(body)
-                    number = body_numbers[id(body)] = len(bodies)
-                run_args.append(number)
-        return keys, [*self._send_constants, len(bodies), *bodies, *run_args]
-
-    def _new_body_keys(self, count: int) -> List[bytes]:
-        """Body keys as 1.4.3 named them: prefix + 32 hex digits of a uuid4.
-
-        Built from one urandom call; uuid.uuid4().hex costs several times more
-        and shows up in send_group profiles."""
-        raw = bytearray(os.urandom(16 * count))
-        keys = []
-        for start in range(0, 16 * count, 16):
-            raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40  # version 4
-            raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80  # RFC 4122 variant
-            keys.append(self._key_prefix + raw[start:start + 16].hex().encode())
-        return keys
-
     def _encode_naming(self, message: Message, channels: List[str]) -> List[bytes]:
         """The bodies of ``message`` naming each ``!`` channel in ``__asgi_channel__``."""
         if not channels:
@@ -379,38 +344,30 @@ class RedisChannelLayer(ExtensionsMixin):
         return bodies
 
     def _group_members(self, group: str) -> List[str]:
-        index = self.shard_for(group)
-        with self._guard(self.shards, index, "group read"):
-            members = scripts.GROUP_MEMBERS(
-                self.shards.client(index),
-                [self._group_key(group)],
-                [int(time.time()) - self.group_expiry],
-            )
-        return [member.decode("utf8") for member in members]
+        replies = self._run(self.shards, self.shard_for(group), "group read",
+                            self.layout.group_members_ops(group, time.time()))
+        return self.layout.read_group_members(replies)
 
     def _group_key(self, group: str) -> str:
-        return f"{self.prefix}:group:{group}"
+        """The key of ``group`` in this layer's layout (the benchmark and CLI read it)."""
+        return self.layout.group_key(group)
 
-    def _stats_key(self, channel: str, counter: str) -> str:
-        return f"{self.stats_prefix}{channel}:{counter}"
+    def _run(self, shards: ShardSet, index: int, action: str, operations: Sequence[Operation]) -> List[Any]:
+        """The layout's operations on one shard, guarded: one call, or one pipeline (1 round trip)."""
+        with self._guard(shards, index, action):
+            return scripts.run(shards.client(index), operations)
 
     def _flush_client(self, client: redis.Redis) -> int:
         # SCAN in bounded batches: KEYS (1.4.3) blocks Redis on a large keyspace
         removed = 0
-        for prefix in (self.prefix, self.stats_prefix):
-            batch = []
-            for key in client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    removed += client.delete(*batch)
-                    batch = []
-            if batch:
+        for pattern in self.layout.scan_patterns():
+            for batch in scan_batches(client, pattern, _FLUSH_BATCH):
                 removed += client.delete(*batch)
         return removed
 
     def _decode(self, queue_key: bytes, body: bytes) -> Optional[Tuple[str, Message]]:
         """The ``(channel, message)`` of a popped body, or None when it cannot be decoded."""
-        channel = queue_key.decode("utf8")[len(self.prefix):]
+        channel = self.layout.channel_of(queue_key)
         try:
             message = self.serializer.decode(body)
         except UndecodableMessage as error:
@@ -423,7 +380,7 @@ class RedisChannelLayer(ExtensionsMixin):
         return channel, message
 
     def _guard(self, shards: ShardSet, index: int, action: str) -> _ConnectionGuard:
-        return _ConnectionGuard(shards, index, action)
+        return _ConnectionGuard(shards, index, action, self._connection_error_hook)
 
     def __repr__(self) -> str:
         shards = [self.shards.describe(index) for index in range(len(self.shards))]
@@ -434,23 +391,24 @@ class _ConnectionGuard:
     """Turns redis-py's connection and timeout errors into LayerConnectionError
     naming the shard, and tells the shard set (Sentinel drops its cached master)."""
 
-    __slots__ = ("shards", "index", "action")
+    __slots__ = ("shards", "index", "action", "on_error")
 
-    def __init__(self, shards: ShardSet, index: int, action: str):
-        self.shards, self.index, self.action = shards, index, action
+    def __init__(self, shards: ShardSet, index: int, action: str,
+                 on_error: Optional[Callable[[str, str], None]] = None):
+        self.shards, self.index, self.action, self.on_error = shards, index, action, on_error
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
         if kind is not None and issubclass(kind, (redis.ConnectionError, redis.TimeoutError)):
-            self.shards.connection_failed(self.index)
+            self._failed()
             raise LayerConnectionError(
                 f"{self.action} failed: Redis {self.shards.describe(self.index)} "
                 f"{'did not answer in time' if issubclass(kind, redis.TimeoutError) else 'is unreachable'}: {error}"
             ) from error
         if kind is not None and issubclass(kind, redis.ResponseError) and _has_error_code(error, "READONLY"):
-            self.shards.connection_failed(self.index)
+            self._failed()
             raise LayerConnectionError(
                 f"{self.action} failed: Redis {self.shards.describe(self.index)} is a read-only replica "
                 "(a failover is probably under way)"
@@ -462,6 +420,11 @@ class _ConnectionGuard:
             ) from error
         return False
 
+    def _failed(self) -> None:
+        self.shards.connection_failed(self.index)
+        if self.on_error is not None:
+            self.on_error(self.shards.describe(self.index), self.action)
+
 
 def _has_error_code(error: Exception, code: str) -> bool:
     """Whether a Redis error reply carries ``code``, also when a Lua script wrapped it."""
@@ -472,27 +435,32 @@ def _has_error_code(error: Exception, code: str) -> bool:
     return isinstance(error, by_class[code]) or text.startswith(code + " ") or f"-{code} " in text
 
 
-def _chunk_runs(runs: Dict[str, List[bytes]], size: int) -> Iterable[List[Tuple[str, List[bytes]]]]:
-    """Split per-queue runs into script calls of at most ``size`` messages each."""
-    chunk: List[Tuple[str, List[bytes]]] = []
-    room = size
-    for queue, bodies in runs.items():
-        while bodies:
-            part, bodies = bodies[:room], bodies[room:]
-            chunk.append((queue, part))
-            room -= len(part)
-            if room == 0:
-                yield chunk
-                chunk, room = [], size
-    if chunk:
-        yield chunk
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
-
-
 def _check_prefix(what: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty str, not {value!r}")
     return value
+
+
+class _ReceivePort:
+    """The layer as the receive engine sees it (asgi_redis.receive.port.LayerPort)."""
+
+    __slots__ = ("_layer", "layout", "quirks")
+
+    def __init__(self, layer: RedisChannelLayer) -> None:
+        self._layer = layer
+        self.layout = layer.layout
+        self.quirks = layer.quirks
+
+    @property
+    def blpop_timeout(self) -> float:
+        return self._layer.blpop_timeout
+
+    @property
+    def shard_poll_interval(self) -> float:
+        return self._layer.shard_poll_interval
+
+    def guard(self, shards: ShardSet, index: int, action: str) -> _ConnectionGuard:
+        return self._layer._guard(shards, index, action)
+
+    def decode(self, popped: Popped) -> Optional[Found]:
+        return self._layer._decode(popped.queue_key, popped.body)

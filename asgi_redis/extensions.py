@@ -2,7 +2,7 @@
 
 Both keep the semantics of a blocking :meth:`receive` (``!`` and ``?``
 channels, sharding, encryption, expiry, bodies deleted on read) because both
-run the core's :class:`~asgi_redis.receiving.ReceivePlan`; only who performs
+run the receive engine's plan (``asgi_redis/receive/``); only who performs
 its Redis calls differs.
 
 ``receive_twisted`` looks for a waiting message in the reactor thread (one
@@ -29,33 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
-import redis
-from redis.exceptions import NoScriptError
-
-from . import scripts, spec
+from . import spec
+from .clients import make_async_client
 from .connections import HostShards
-from .errors import LayerConnectionError
-from .receiving import (
-    BLPOP,
-    POP,
-    TAKE_BODY,
-    ReceivePlan,
-    Step,
-    Steps,
-    blpop_timeout,
-    next_step,
-    refuses_fractional_timeout,
-    run_guarded,
-)
 
 if TYPE_CHECKING:  # pragma: no cover
     from twisted.internet.defer import Deferred
+    from twisted.python.threadpool import ThreadPool
 
     from .connections import ShardSet
+    from .receive import Receive
+    from .receive.port import Target
 
 Received = Tuple[Optional[str], Optional[Dict[str, Any]]]
 
@@ -85,8 +72,26 @@ class ExtensionsMixin:
     extension_receive_timeout = 1.0
     twisted_pool_size = 10  # receives in flight at once; each holds one connection
 
+    # the state the extensions keep, set by _init_extensions (the layer's __init__)
+    _twisted_receive_pool: Optional[ThreadPool]
+    _async_clients_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClients]
+    _extensions_lock: threading.Lock
+    connection_kwargs: Dict[str, Any]
+
+    def _init_extensions(self) -> None:
+        self._twisted_receive_pool = None  # started at the first wait handed to a thread
+        self._async_clients_by_loop = weakref.WeakKeyDictionary()  # a connection belongs to its loop
+        self._extensions_lock = threading.Lock()
+
     def _extension_names(self) -> List[str]:
         return (["twisted"] if twisted_available() else []) + ["asyncio"]
+
+    # the layer's side (core.py)
+    def _receive_targets(self, names: List[str]) -> List[Target]:
+        raise NotImplementedError
+
+    def _receive(self, targets: List[Target], poll: Any = None, poll_interval: float = 0.02) -> Receive:
+        raise NotImplementedError
 
     # -- Twisted ----------------------------------------------------------------
 
@@ -96,7 +101,7 @@ class ExtensionsMixin:
         Must be called from the reactor thread. Bad channel names fail the
         Deferred with ``TypeError``.
         """
-        from twisted.internet import defer, reactor, threads
+        from twisted.internet import defer
 
         try:
             names = spec.validate_channel_list(channels)
@@ -104,32 +109,21 @@ class ExtensionsMixin:
             return defer.fail()
         if not names:
             return defer.succeed((None, None))
-        plan = ReceivePlan(self, self._receive_targets(names), next(self._receive_turn))
-        deadline = time.monotonic() + self.extension_receive_timeout
-        steps = plan.steps(True, self.extension_receive_timeout)
-        # The look at waiting messages (pop.lua, one round trip per shard) runs
-        # here in the reactor thread, as daphne's own sends do: a message that
-        # is already there costs no thread hand-off. Only a wait (BLPOP) goes
-        # to the pool, which carries the same plan on from that step.
-        try:
-            found, wait = _drive(self, steps, None, until_wait=True)
-        except Exception:
-            return defer.fail()
-        if wait is None:
-            return defer.succeed(found)
-        pool = self._twisted_pool(reactor)
-        if len(plan.targets) > 1:
-            # several servers: the core's wait on all of them at once (waiting.py)
-            steps.close()
-            return threads.deferToThreadPool(reactor, pool, plan.run, True, max(0.0, deadline - time.monotonic()))
-        return threads.deferToThreadPool(reactor, pool, _finish, self, steps, wait)
+        receive = self._receive(self._receive_targets(names))
+        return receive.run_twisted(self.extension_receive_timeout, self._defer_to_pool)
+
+    def _defer_to_pool(self, function: Any, *args: Any) -> Deferred:
+        """``function(*args)`` in this layer's receive thread pool, as a Deferred."""
+        from twisted.internet import reactor, threads
+
+        return threads.deferToThreadPool(reactor, self._twisted_pool(reactor), function, *args)
 
     def _twisted_pool(self, reactor: Any) -> Any:
-        pool = getattr(self, "_twisted_receive_pool", None)
+        pool = self._twisted_receive_pool
         if pool is not None and not pool.joined:
             return pool
-        with _pool_lock:
-            pool = getattr(self, "_twisted_receive_pool", None)
+        with self._extensions_lock:
+            pool = self._twisted_receive_pool
             if pool is None or pool.joined:
                 from twisted.python.threadpool import ThreadPool
 
@@ -148,73 +142,24 @@ class ExtensionsMixin:
         names = spec.validate_channel_list(channels)
         if not names:
             return None, None
-        plan = ReceivePlan(self, self._receive_targets(names), next(self._receive_turn))
-        clients = self._async_clients()
-        # Several servers: the core's wait on all of them at once (waiting.py)
-        # runs in a thread; waiting on each in turn would be bounded by Redis's hz tick.
-        if len(plan.targets) > 1 or not all(clients.mirror(shards, index) for shards, index, _ in plan.targets):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, plan.run, True, self.extension_receive_timeout)
-        steps = plan.steps(True, self.extension_receive_timeout)
-        reply, error = None, None
-        while True:
-            try:
-                step = next_step(steps, reply, error)
-            except StopIteration as done:
-                return done.value
-            reply, error = None, None
-            try:
-                with self._guard(step.shards, step.index, "receive"):
-                    reply = await _run_step_async(self, clients.mirror(step.shards, step.index), step)
-            except LayerConnectionError as failed:
-                error = failed
+        receive = self._receive(self._receive_targets(names))
+        return await receive.run_async(self.extension_receive_timeout, self._async_clients().mirror)
 
     async def close_async(self) -> None:
         """Close the redis.asyncio connections this layer opened on the running loop."""
-        clients = _loop_clients(self).pop(asyncio.get_running_loop(), None)
+        clients = self._async_clients_by_loop.pop(asyncio.get_running_loop(), None)
         if clients is not None:
             await clients.close()
 
     def _async_clients(self) -> _AsyncClients:
-        per_loop = _loop_clients(self)
         loop = asyncio.get_running_loop()
-        clients = per_loop.get(loop)
+        clients = self._async_clients_by_loop.get(loop)
         if clients is None:
-            clients = per_loop[loop] = _AsyncClients(self.connection_kwargs)
+            with self._extensions_lock:
+                clients = self._async_clients_by_loop.get(loop)
+                if clients is None:
+                    clients = self._async_clients_by_loop[loop] = _AsyncClients(self.connection_kwargs)
         return clients
-
-
-_pool_lock = threading.Lock()
-
-
-def _drive(
-    layer: Any, steps: Steps, reply: Any, until_wait: bool, error: Optional[BaseException] = None
-) -> Tuple[Received, Optional[Step]]:
-    """Answer ``steps`` with blocking calls: (result, None), or (None, the BLPOP step) when asked to stop there."""
-    while True:
-        try:
-            step = next_step(steps, reply, error)
-        except StopIteration as done:
-            return done.value, None
-        if until_wait and step.kind == BLPOP:
-            return (None, None), step
-        reply, error = run_guarded(layer, step)
-
-
-def _finish(layer: Any, steps: Steps, wait: Step) -> Received:
-    """In a pool thread: the wait a receive stopped at, then the rest of its plan."""
-    reply, error = run_guarded(layer, wait)
-    return _drive(layer, steps, reply, until_wait=False, error=error)[0]
-
-
-def _loop_clients(layer: Any) -> weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClients]:
-    per_loop = getattr(layer, "_async_clients_by_loop", None)
-    if per_loop is None:
-        with _pool_lock:
-            per_loop = getattr(layer, "_async_clients_by_loop", None)
-            if per_loop is None:
-                per_loop = layer._async_clients_by_loop = weakref.WeakKeyDictionary()
-    return per_loop
 
 
 class _AsyncClients:
@@ -236,44 +181,10 @@ class _AsyncClients:
         # pick its client differently, and then the executor path is right.
         if type(shards).client is not HostShards.client or not isinstance(shards, HostShards):
             return None
-        import redis.asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        # no blind retries, as for the sync clients (connections.py): at most once
-        kwargs = {**self.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
-        host = shards.hosts[index]
-        try:
-            if isinstance(host, str):
-                return redis.asyncio.Redis.from_url(host, **kwargs)
-            return redis.asyncio.Redis(host=host[0], port=host[1], **kwargs)
-        except TypeError:
-            return None  # a connection keyword only the sync client knows
+        return make_async_client(shards.hosts[index], self.connection_kwargs)
 
     async def close(self) -> None:
         for client in self.clients.values():
             if client is not None:
                 await client.aclose() if hasattr(client, "aclose") else await client.close()
         self.clients.clear()
-
-
-async def _run_step_async(layer: Any, client: Any, step: Step) -> Any:
-    if step.kind == POP:
-        return await _run_script(scripts.POP, client, step.keys)
-    if step.kind == TAKE_BODY:
-        return await _run_script(scripts.TAKE_BODY, client, step.keys)
-    try:
-        return await client.blpop(step.keys, timeout=blpop_timeout(layer, step.timeout))
-    except redis.ResponseError as error:
-        if not refuses_fractional_timeout(layer, error):
-            raise
-        return await client.blpop(step.keys, timeout=blpop_timeout(layer, step.timeout))
-
-
-async def _run_script(script: scripts.LuaScript, client: Any, keys: List[Any]) -> Any:
-    # NOSCRIPT means the script did not run, so loading and rerunning repeats nothing
-    try:
-        return await client.evalsha(script.sha, len(keys), *keys)
-    except NoScriptError:
-        await client.script_load(script.source)
-        return await client.evalsha(script.sha, len(keys), *keys)

@@ -19,12 +19,11 @@ The local side is one of:
   points below are the only overrides.
 
 A blocking receive that involves both sides waits on both at once
-(``waiting.py``), local side first in every look.
+(``asgi_redis/receive/waiting.py``), local side first in every look.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 from contextlib import contextmanager
@@ -35,8 +34,7 @@ import redis
 from . import spec
 from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts
 from .core import Message, RedisChannelLayer
-from .receiving import ReceivePlan
-from .waiting import Target
+from .receive.port import Target
 
 # Extensions the delegation below carries over to a local_layer; the others
 # ("twisted", "asyncio") would bypass it, so they are not offered in that mode.
@@ -74,6 +72,7 @@ class RedisLocalChannelLayer(RedisChannelLayer):
         local_layer: Any = None,
         local_layer_config: Optional[Dict[str, Any]] = None,
         local_connection_kwargs: Optional[Dict[str, Any]] = None,
+        layout: str = "classic",
         **kwargs: Any,
     ) -> None:
         _check_local_settings(local_hosts, local_layer, local_layer_config, local_connection_kwargs)
@@ -83,7 +82,7 @@ class RedisLocalChannelLayer(RedisChannelLayer):
         self.local_layer: Any = None
         super().__init__(
             expiry=expiry, hosts=hosts, prefix=prefix, group_expiry=group_expiry,
-            capacity=capacity, channel_capacity=channel_capacity, **kwargs,
+            capacity=capacity, channel_capacity=channel_capacity, layout=layout, **kwargs,
         )
         self._owns_local_layer = isinstance(local_layer, str)
         if local_layer is not None:
@@ -151,10 +150,9 @@ class RedisLocalChannelLayer(RedisChannelLayer):
     ) -> Received:
         """Non-blocking looks (local first), then one wait on every server at once, until the deadline."""
         poll = (lambda: self.local_layer.receive(local, block=False)) if local else None
-        plan = ReceivePlan(self, targets, next(self._receive_turn))
-        return plan.run(block, timeout, poll=poll, poll_interval=self.local_poll_interval)
+        return self._receive(targets, poll, self.local_poll_interval).run(block, timeout)
 
-    def _receive_targets(self, names: List[str]) -> List[Tuple[ShardSet, int, List[str]]]:
+    def _receive_targets(self, names: List[str]) -> List[Target]:
         # the machine-local Redis first: the cheap look, and what the contract asks
         targets = super()._receive_targets(names)
         return sorted(targets, key=lambda target: target[0] is not self.normal_shards)
@@ -214,26 +212,19 @@ class RedisLocalChannelLayer(RedisChannelLayer):
     def receive_twisted(self, channels: Iterable[str]) -> Any:
         """The Twisted extension; with a ``local_layer`` it is not offered."""
         self._require_local("twisted")
+        # Unlike the plain layer (which first looks in the reactor thread), a
+        # receive spanning the local and the remote Redis goes to the pool at
+        # once: one sweep, not two, when nothing is waiting.
         targets = self._spread_targets(channels)
         if targets is None:
             return super().receive_twisted(channels)
-        from twisted.internet import reactor, threads
-
-        return threads.deferToThreadPool(
-            reactor, self._twisted_pool(reactor),
-            self._receive_everywhere, [], targets, True, self.extension_receive_timeout,
-        )
+        return self._defer_to_pool(self._receive_everywhere, [], targets, True, self.extension_receive_timeout)
 
     async def receive_async(self, channels: Iterable[str]) -> Received:
         """The asyncio extension; with a ``local_layer`` it is not offered."""
         self._require_local("asyncio")
-        targets = self._spread_targets(channels)
-        if targets is None:
-            return await super().receive_async(channels)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, self._receive_everywhere, [], targets, True, self.extension_receive_timeout
-        )
+        # a receive spanning both Redis servers runs in the executor (the engine decides)
+        return await super().receive_async(channels)
 
     def _spread_targets(self, channels: Iterable[str]) -> Optional[List[Target]]:
         """The targets of an extension receive when they span several servers, else None.

@@ -5,11 +5,12 @@ counts in prometheus_client's default registry (what django-prometheus or a
 Gunicorn exporter already serve on ``/metrics``), a ``CollectorRegistry``
 counts in that one. Needs the ``metrics`` extra (``prometheus_client``).
 
-Off costs nothing: a layer runs its class's own methods. Turning the
+Off costs next to nothing: a layer runs its class's own methods. Turning the
 instruments on puts timed and counting wrappers on that one layer object
-(instance attributes shadowing ``send``, ``receive``, ``send_group`` and
-three internal hooks), so the hot path of a layer without metrics is exactly
-the code it ran before, not even an ``if``.
+(instance attributes shadowing ``send``, ``receive``, ``send_group`` and two
+internal hooks). Connection errors are counted where the layer's connection
+guard raises them, through a hook it is handed: all a layer without metrics
+does for them is read that one attribute (None) per Redis call.
 
 The metric objects are prometheus_client's own (so its multiprocess mode
 works unchanged) and exist once per registry: every layer of a process that
@@ -23,7 +24,7 @@ import time
 import weakref
 from typing import Any, Callable, List, Optional, Tuple
 
-from .errors import ChannelFull, LayerConnectionError
+from .errors import ChannelFull
 
 # From a fast local Redis (~0.1 ms a send) to a blocking receive's full wait (5 s).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -105,7 +106,8 @@ def instrument(layer: Any, instruments: Instruments) -> None:
     layer.send_group = _timed(layer.send_group, instruments.seconds["send_group"])
     layer._send_to_members = _counting_members(layer._send_to_members, instruments)
     layer._decode = _counting_decode(layer._decode, instruments)
-    layer._guard = _counting_guard(layer._guard, instruments)
+    errors = instruments.connection_errors
+    layer._connection_error_hook = lambda shard, operation: errors.labels(shard, operation).inc()
 
 
 def _timed_send(send: Callable[..., None], instruments: Instruments, full: type) -> Callable[..., None]:
@@ -175,32 +177,3 @@ def _counting_decode(decode: Callable[[bytes, bytes], Any], instruments: Instrum
         return found
 
     return counting
-
-
-def _counting_guard(guard: Callable[..., Any], instruments: Instruments) -> Callable[..., Any]:
-    errors = instruments.connection_errors
-
-    def counting(shards: Any, index: int, action: str) -> _CountingGuard:
-        return _CountingGuard(guard(shards, index, action), errors, shards, index, action)
-
-    return counting
-
-
-class _CountingGuard:
-    """The layer's connection guard, counting the LayerConnectionError it raises."""
-
-    __slots__ = ("inner", "errors", "shards", "index", "action")
-
-    def __init__(self, inner: Any, errors: Any, shards: Any, index: int, action: str) -> None:
-        self.inner, self.errors, self.shards, self.index, self.action = inner, errors, shards, index, action
-
-    def __enter__(self) -> Any:
-        return self.inner.__enter__()
-
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
-        try:
-            return self.inner.__exit__(kind, error, traceback)
-        except LayerConnectionError:
-            # the shard as error messages name it: never a password
-            self.errors.labels(self.shards.describe(self.index), self.action).inc()
-            raise

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import pkgutil
-from typing import Any, Sequence
+from typing import Any, List, NamedTuple, Sequence, Tuple, Union
 
 from redis.exceptions import NoScriptError
 
@@ -31,21 +31,60 @@ class LuaScript:
                 client.script_load(self.source)
         return client.evalsha(self.sha, len(keys), *keys, *args)
 
+    async def call_async(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        """The same with a redis.asyncio client."""
+        for _ in range(2):
+            try:
+                return await client.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await client.script_load(self.source)
+        return await client.evalsha(self.sha, len(keys), *keys, *args)
+
     def queue(self, pipeline: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> None:
         """Add a call to a pipeline; see run_pipeline for the NOSCRIPT handling."""
         pipeline.evalsha(self.sha, len(keys), *keys, *args)
 
 
-def run_pipeline(client: Any, calls: Sequence[tuple]) -> list:
-    """Run ``(script, keys, args)`` calls in one round trip on ``client``.
+class Call(NamedTuple):
+    """One Lua script call on one server (what a key layout asks the core to run)."""
+
+    script: LuaScript
+    keys: Sequence[Any]
+    args: Sequence[Any] = ()
+
+
+class Command(NamedTuple):
+    """One plain Redis command on one server, e.g. ``Command(("ZREM", key, member))``."""
+
+    args: Tuple[Any, ...]
+
+
+Operation = Union[Call, Command]
+
+
+def run(client: Any, operations: Sequence[Operation]) -> List[Any]:
+    """The replies of ``operations`` on ``client``: one sent directly, several in one pipeline."""
+    if len(operations) == 1:
+        operation = operations[0]
+        if isinstance(operation, Command):
+            return [client.execute_command(*operation.args)]
+        return [operation.script(client, operation.keys, operation.args)]
+    return run_pipeline(client, operations)
+
+
+def run_pipeline(client: Any, calls: Sequence[Any]) -> list:
+    """Run ``(script, keys, args)`` calls (or :class:`Command` s) in one round trip on ``client``.
 
     redis-py's own pipeline checks SCRIPT EXISTS before every execute, an extra
     round trip; we send EVALSHA directly and rerun only the calls that answered
     NOSCRIPT (they did not run, so nothing is repeated).
     """
     pipeline = client.pipeline(transaction=False)
-    for script, keys, args in calls:
-        script.queue(pipeline, keys, args)
+    for call in calls:
+        if isinstance(call, Command):
+            pipeline.execute_command(*call.args)
+        else:
+            call[0].queue(pipeline, call[1], call[2])
     results = pipeline.execute(raise_on_error=False)
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
     if missing:

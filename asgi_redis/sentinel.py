@@ -21,12 +21,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote, urlparse
 
 import redis
-from redis.backoff import NoBackoff
 from redis.connection import SSLConnection
-from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, SentinelConnectionPool, SentinelManagedConnection
 
-from . import retry
+from . import clients, retry
 from .connections import ShardSet
 from .core import RedisChannelLayer
 from .errors import LayerConnectionError
@@ -146,7 +144,7 @@ def sentinel_connection_kwargs(sentinel_kwargs: Any, connection_kwargs: Dict[str
     for key in _FORBIDDEN_SENTINEL_KWARGS:
         if key in sentinel_kwargs:
             raise ValueError(f"sentinel_kwargs[{key!r}] is not allowed: sentinel addresses go in 'hosts'")
-    return {"retry": Retry(NoBackoff(), 0), **_SENTINEL_DEFAULTS, **sentinel_kwargs}
+    return {"retry": clients.no_retry(), **_SENTINEL_DEFAULTS, **sentinel_kwargs}
 
 
 # -- asking the sentinels --------------------------------------------------------
@@ -305,7 +303,7 @@ class SentinelShards(ShardSet):
         self._clients = [self._master_client(service, connection_kwargs) for service in self.services]
 
     def _master_client(self, service: str, connection_kwargs: Dict[str, Any]) -> redis.Redis:
-        kwargs = {**retry.client_defaults(), **_MASTER_DEFAULTS, **connection_kwargs}
+        kwargs = clients.sync_kwargs(_MASTER_DEFAULTS, connection_kwargs)
         kwargs["connection_class"] = _MasterSSLConnection if kwargs.pop("ssl", False) else _MasterConnection
         try:
             pool = SentinelConnectionPool(service, self, **kwargs)
@@ -313,7 +311,7 @@ class SentinelShards(ShardSet):
             # show at the first connect, deep inside a send
             pool.connection_class(**pool.connection_kwargs)
             # the layer's retry policy: repeat only what cannot duplicate a message
-            return retry.install(redis.Redis(connection_pool=pool))
+            return clients.client_on_pool(pool)
         except TypeError as error:
             raise ValueError(f"connection_kwargs not accepted by redis-py: {error}") from None
 
@@ -422,6 +420,7 @@ class RedisSentinelChannelLayer(RedisChannelLayer):
         services: Optional[Sequence[str]] = None,
         sentinel_refresh_interval: float = 0,
         sentinel_kwargs: Optional[Dict[str, Any]] = None,
+        layout: str = "classic",
         **options: Any,
     ) -> None:
         # read by _create_shards, which the core's __init__ calls
@@ -438,6 +437,7 @@ class RedisSentinelChannelLayer(RedisChannelLayer):
             symmetric_encryption_keys=symmetric_encryption_keys,
             stats_prefix=stats_prefix,
             connection_kwargs=connection_kwargs,
+            layout=layout,
             **options,
         )
 

@@ -129,6 +129,11 @@ class CapacityTable:
                 )
             self._rules.append((compiled, value))
 
+    @property
+    def patterned(self) -> bool:
+        """Whether some pattern overrides the default for some channels."""
+        return bool(self._rules)
+
     def for_channel(self, name: str) -> int:
         """Capacity of ``name``; pass the non-local name for ``!`` channels."""
         for pattern, value in self._rules:

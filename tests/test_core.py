@@ -485,9 +485,9 @@ def test_send_group_to_many_sockets_of_one_process(make_layer, raw):
 
 
 def test_send_group_in_chunks_keeps_every_member(make_layer, monkeypatch):
-    from asgi_redis import core
+    from asgi_redis.layouts import classic
 
-    monkeypatch.setattr(core, "_GROUP_CHUNK", 7)  # several script calls in one pipeline
+    monkeypatch.setattr(classic, "GROUP_CHUNK", 7)  # several script calls in one pipeline
     layer = make_layer(symmetric_encryption_keys=["k"], capacity=50)
     members = [f"proc!{n}" for n in range(20)] + [f"plain{n}" for n in range(5)]
     for member in members:

@@ -431,7 +431,8 @@ def test_async_falls_back_to_executor_for_other_shard_sets(make_layer, redis_ser
 
 def test_blocking_wait_ends_inside_the_default_socket_timeout(layer):
     """redis-py 8 reads with a 5 s socket timeout by default: a 5 s BLPOP must not hit it."""
-    from asgi_redis.receiving import _block_limit, _default_socket_timeout
+    from asgi_redis.receive.plan import block_limit as _block_limit
+    from asgi_redis.receive.plan import default_socket_timeout as _default_socket_timeout
 
     client = layer.shards.client(0)
     default = _default_socket_timeout(client.connection_pool.connection_class)

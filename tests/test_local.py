@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer, waiting
+from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer
+from asgi_redis.receive import waiting
 
 from .helpers import built_layers
 from .layer_conformance import LayerConformance
@@ -262,7 +263,7 @@ def test_without_client_unblock_a_mixed_wait_still_works(make_local, remote_serv
             timer.start()
             assert layer.receive(["http.request", "reply?a"], block=True) == (target, {"n": round_number})
             timer.join()
-        assert layer._client_unblock is False
+        assert layer.quirks.client_unblock is False
     finally:
         layer.close()
         for raw in (remote_raw, local_raw):

@@ -16,7 +16,7 @@ from .servers import free_port
 
 PREFIX = "mettest:"
 STATS_PREFIX = "mettest-meta:"
-HOOKED = ("send", "receive", "send_group", "_send_to_members", "_decode", "_guard")
+HOOKED = ("send", "receive", "send_group", "_send_to_members", "_decode", "_connection_error_hook")
 
 
 @pytest.fixture

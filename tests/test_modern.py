@@ -18,7 +18,7 @@ from cryptography.fernet import InvalidToken  # noqa: E402
 
 from asgi_redis.errors import ChannelFull as LayerChannelFull  # noqa: E402
 from asgi_redis.modern import ChannelFull, SyncChannelsRedisClient, SyncPubSubClient  # noqa: E402
-from asgi_redis.modern.bench import format_report, run_benchmark  # noqa: E402
+from asgi_redis.tools.modern_bench import format_report, run_benchmark  # noqa: E402
 
 from .helpers import LayerBuilder  # noqa: E402
 from .modern_support import CONFIGS, KEYS, in_forked_child, run  # noqa: E402
@@ -385,7 +385,12 @@ def test_no_silent_retries_and_clear_connection_errors():
     client = SyncChannelsRedisClient(hosts=[server.url])
     try:
         pool = client._clients[0].connection_pool
-        assert pool.connection_kwargs["retry"].get_retries() == 0
+        # the classic layers' at-most-once policy (issue 11: one client factory):
+        # a connect may be tried twice, a written send never
+        from asgi_redis.retry import SafeRetry, tracked_connection_class
+
+        assert isinstance(pool.connection_kwargs["retry"], SafeRetry)
+        assert pool.connection_class is tracked_connection_class(pool.connection_class)
         client.send("x", {"type": "x"})
         server.kill()
         with pytest.raises(ConnectionError, match="127.0.0.1"):

@@ -10,7 +10,7 @@ import threading
 import pytest
 import redis
 
-from asgi_redis import RedisChannelLayer, receiving
+from asgi_redis import RedisChannelLayer
 from asgi_redis.tools.embedded import binary_identity, server_identity
 
 from .servers import RedisProcess
@@ -97,10 +97,10 @@ def test_a_refused_fractional_timeout_is_learnt_from_the_real_error(redis_server
     finally:
         client.close()
     assert "timeout" in str(refused.value)
-    assert receiving.refuses_fractional_timeout(layer, refused.value) is True
-    assert receiving.refuses_fractional_timeout(layer, refused.value) is False  # learnt once
-    assert receiving.blpop_timeout(layer, 0.2) == 1
-    assert receiving.blpop_timeout(layer, 1.5) == 2
+    assert layer.quirks.learn_from(refused.value) is True
+    assert layer.quirks.learn_from(refused.value) is False  # learnt once
+    assert layer.quirks.blpop_timeout(0.2) == 1
+    assert layer.quirks.blpop_timeout(1.5) == 2
 
 
 def test_whole_second_timeouts_still_receive(make_layer, round_trips):
@@ -109,7 +109,7 @@ def test_whole_second_timeouts_still_receive(make_layer, round_trips):
     layer = make_layer()
     sender = make_layer()
     layer.blpop_timeout = 0.4  # fractional, so a whole-second BLPOP timeout shows
-    layer._whole_second_timeouts = True  # what refuses_fractional_timeout sets on Redis 5
+    layer.quirks.whole_second_timeouts = True  # what quirks.learn_from sets on Redis 5
     timer = threading.Timer(0.1, sender.send, ("quirks.work", {"n": 1}))
     timer.start()
     try:
@@ -136,7 +136,7 @@ def test_without_client_unblock_two_shards_wait_in_turns(redis_shards):
             timer.start()
             assert layer.receive(["quirks.work"], block=True) == ("quirks.work", {"n": number})
             timer.join()
-        assert layer._client_unblock is False  # learnt from the refusal, then waits in turns
+        assert layer.quirks.client_unblock is False  # learnt from the refusal, then waits in turns
     finally:
         layer.flush()
         layer.close()

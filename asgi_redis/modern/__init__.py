@@ -10,5 +10,8 @@ jobs send, without ``async_to_sync`` and without an event loop.
 
 from .client import ChannelFull, SyncChannelsRedisClient
 from .pubsub import GroupMembershipError, SyncPubSubClient
+from .settings import register_producers
+
+register_producers(SyncChannelsRedisClient, SyncPubSubClient)
 
 __all__ = ["SyncChannelsRedisClient", "SyncPubSubClient", "ChannelFull", "GroupMembershipError"]

@@ -15,18 +15,17 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import msgpack
 import redis
 
-from .. import errors
+from .. import errors, spec
+from ..keyspace import glob_escape, scan_batches
 from ..scripts import LuaScript, load_script
 from . import wire
 from .hosts import decode_hosts, describe_host, make_client
-
-if TYPE_CHECKING:
-    from .settings import Producer
+from .settings import Producer, producer_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ class SyncChannelsRedisClient:
         self.expiry = _positive_int("expiry", expiry)
         self.group_expiry = _positive_int("group_expiry", group_expiry)
         self.capacity = _positive_int("capacity", capacity)
-        self.channel_capacity = wire.compile_capacities(channel_capacity)
+        self.channel_capacity = spec.CapacityTable(self.capacity, channel_capacity)
         self.hosts = decode_hosts(hosts)
         self._codec = wire.MessageCodec(serializer_format, symmetric_encryption_keys,
                                         random_prefix_length, self.expiry)
@@ -104,8 +103,6 @@ class SyncChannelsRedisClient:
         :class:`~asgi_redis.modern.pubsub.SyncPubSubClient` for its pub/sub layer
         (see :mod:`asgi_redis.modern.settings`).
         """
-        from .settings import producer_from_settings
-
         return producer_from_settings(alias, channel_layers, core_class=cls)
 
     # -- the channel layer API, synchronous ---------------------------------
@@ -124,7 +121,7 @@ class SyncChannelsRedisClient:
             with self._rotation_lock:
                 index = next(self._rotation)
         key = wire.channel_key(self.prefix, channel)
-        capacity = wire.capacity_for(channel, self.channel_capacity, self.capacity)
+        capacity = self.channel_capacity.for_channel(channel)
         body = self._codec.encode(message)
         with self._shard(index) as client:
             full = DELIVER(client, [key], [body, capacity, *self._message_clock()])
@@ -157,23 +154,17 @@ class SyncChannelsRedisClient:
         """
         wire.check_group_name(group)
         self._check_message(message)
-        if len(self._clients) == 1 and self._codec.splicable and not self.channel_capacity:
+        if len(self._clients) == 1 and self._codec.splicable and not self.channel_capacity.patterned:
             self._group_send_in_redis(group, message)
         else:
             self._group_send_in_two_steps(group, message)
 
     def flush(self) -> None:
         """Delete every key under ``prefix`` on every shard, as channels_redis's flush does."""
-        pattern = _glob_escape(self.prefix) + "*"
+        pattern = glob_escape(self.prefix) + "*"
         for index in range(len(self._clients)):
             with self._shard(index) as client:
-                batch: List[bytes] = []
-                for key in client.scan_iter(match=pattern, count=1000):
-                    batch.append(key)
-                    if len(batch) >= 1000:
-                        client.delete(*batch)
-                        batch = []
-                if batch:
+                for batch in scan_batches(client, pattern, 1000):
                     client.delete(*batch)
 
     def close(self) -> None:
@@ -221,7 +212,7 @@ class SyncChannelsRedisClient:
         for index, keys in by_shard.items():
             bodies = [self._codec.encode({**message, wire.CHANNEL_FIELD: channels_by_key[key]})
                       for key in keys]
-            capacities = [wire.capacity_for(channels_by_key[key][0], self.channel_capacity, self.capacity)
+            capacities = [self.channel_capacity.for_channel(channels_by_key[key][0])
                           for key in keys]
             with self._shard(index) as client:
                 full += len(DELIVER(client, keys, [*bodies, *capacities, *self._message_clock()]))
@@ -252,7 +243,3 @@ class SyncChannelsRedisClient:
                 f"Redis {describe_host(self.hosts[index])} failed: {error} (a timed-out send "
                 "may or may not have been queued; it is never retried, so never doubled)"
             ) from error
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from ..clients import client_on_pool, describe, sync_kwargs
 
 DEFAULT_HOSTS = [{"address": "redis://localhost:6379"}]
 
@@ -46,8 +46,6 @@ def decode_hosts(hosts: Any) -> List[Dict[str, Any]]:
 def describe_host(entry: Dict[str, Any]) -> str:
     """An entry for messages, without passwords."""
     if "address" in entry:
-        from ..connections import describe
-
         return describe(entry["address"])
     if "master_name" in entry:
         return f"sentinel master {entry['master_name']!r}"
@@ -59,10 +57,10 @@ def make_client(entry: Dict[str, Any]) -> redis.Redis:
 
     redis-py retries a command after a connection error by default. If the
     first attempt ran but its reply was lost, a retried send would queue the
-    message twice, so unless the entry asks for retries itself we turn them off.
+    message twice, so unless the entry asks for retries itself the client gets
+    the layer's at-most-once policy (asgi_redis.clients), as the classic layers do.
     """
-    kwargs = dict(entry)
-    kwargs.setdefault("retry", Retry(NoBackoff(), 0))
+    kwargs = sync_kwargs(entry)
     for forbidden in ("decode_responses", "connection_pool"):
         if forbidden in kwargs:
             raise ValueError(f"hosts entry key {forbidden!r} is not supported: the client owns its pools")
@@ -82,4 +80,4 @@ def make_client(entry: Dict[str, Any]) -> redis.Redis:
             pool = redis.ConnectionPool(**kwargs)
     except TypeError as error:
         raise ValueError(f"hosts entry {describe_host(entry)}: redis-py rejects it: {error}") from None
-    return redis.Redis(connection_pool=pool)
+    return client_on_pool(pool)

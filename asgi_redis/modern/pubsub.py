@@ -15,7 +15,7 @@ lives in the memory of each consuming process; a producer cannot change it.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
 
 import redis
 
@@ -23,9 +23,7 @@ from .. import errors
 from . import wire
 from .hosts import decode_hosts, describe_host, make_client
 from .pubsub_wire import PubSubCodec, group_channel, server_of
-
-if TYPE_CHECKING:
-    from .settings import Producer
+from .settings import Producer, producer_from_settings
 
 
 class GroupMembershipError(RuntimeError):
@@ -59,8 +57,8 @@ class SyncPubSubClient:
         self.prefix = prefix
         self.hosts = decode_hosts(hosts)
         self._codec = PubSubCodec(serializer_format, symmetric_encryption_keys)
-        # make_client turns redis-py's automatic retries off: a PUBLISH whose
-        # reply was lost may already have been delivered, and must not be sent twice
+        # make_client gives the layers' at-most-once retry policy: a PUBLISH whose
+        # reply was lost may already have been delivered, and is never sent twice
         self._clients = [make_client(entry) for entry in self.hosts]
 
     @classmethod
@@ -71,8 +69,6 @@ class SyncPubSubClient:
         The same as :meth:`SyncChannelsRedisClient.from_settings`: the
         ``BACKEND`` decides, so the producer code never changes with it.
         """
-        from .settings import producer_from_settings
-
         return producer_from_settings(alias, channel_layers)
 
     # -- the channel layer API, synchronous ---------------------------------

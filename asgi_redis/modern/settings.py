@@ -4,20 +4,35 @@ The entry's ``BACKEND`` decides: channels_redis's core layer (or a subclass)
 gets :class:`SyncChannelsRedisClient`, its pub/sub layer (or a subclass)
 :class:`SyncPubSubClient`. Both offer ``send`` and ``group_send``, so a
 project switches layers in its settings without touching producer code.
+
+This module imports neither producer class (each one's ``from_settings``
+calls in here, so importing them back would close an import cycle): the
+package registers both with :func:`register_producers` when it is imported.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict, Mapping, Optional, Type, Union
-
-from .client import SyncChannelsRedisClient
-from .pubsub import SyncPubSubClient
+from typing import Any, Dict, Mapping, Optional, Protocol
 
 CORE_BACKEND = "channels_redis.core.RedisChannelLayer"
 PUBSUB_BACKEND = "channels_redis.pubsub.RedisPubSubChannelLayer"
 
-Producer = Union[SyncChannelsRedisClient, SyncPubSubClient]
+
+class Producer(Protocol):
+    """What both producers offer (SyncChannelsRedisClient, SyncPubSubClient)."""
+
+    def send(self, channel: str, message: Dict[str, Any]) -> Any: ...
+
+    def group_send(self, group: str, message: Dict[str, Any]) -> Any: ...
+
+
+_PRODUCERS: Dict[str, Any] = {}  # "core" and "pubsub" -> the producer class
+
+
+def register_producers(core_class: Any, pubsub_class: Any) -> None:
+    """The classes :func:`producer_from_settings` builds (asgi_redis.modern's __init__ calls it)."""
+    _PRODUCERS.update(core=core_class, pubsub=pubsub_class)
 
 _PUBSUB_OPTIONS = frozenset({"hosts", "prefix", "symmetric_encryption_keys", "serializer_format"})
 # RedisPubSubChannelLayer accepts and ignores any keyword; these are the ones
@@ -31,8 +46,11 @@ _IGNORED_BY_PUBSUB = frozenset({
 
 def producer_from_settings(alias: str = "default",
                            channel_layers: Optional[Mapping[str, Any]] = None,
-                           core_class: Type[SyncChannelsRedisClient] = SyncChannelsRedisClient) -> Producer:
-    """A producer for ``CHANNEL_LAYERS[alias]`` (Django's settings by default)."""
+                           core_class: Optional[Any] = None) -> Producer:
+    """A producer for ``CHANNEL_LAYERS[alias]`` (Django's settings by default);
+    ``core_class`` replaces the registered core producer (a subclass's from_settings)."""
+    if core_class is None:
+        core_class = _PRODUCERS["core"]
     if channel_layers is None:
         from django.conf import settings
 
@@ -49,7 +67,7 @@ def producer_from_settings(alias: str = "default",
                     f"CHANNEL_LAYERS[{alias!r}]['CONFIG'] has {key!r}, which is no option of "
                     f"{PUBSUB_BACKEND}; it takes {sorted(_PUBSUB_OPTIONS)!r}"
                 )
-        return SyncPubSubClient(**{key: value for key, value in config.items() if key in _PUBSUB_OPTIONS})
+        return _PRODUCERS["pubsub"](**{key: value for key, value in config.items() if key in _PUBSUB_OPTIONS})
     if _is_backend(backend, CORE_BACKEND):
         return core_class(**config)
     raise ValueError(

@@ -17,23 +17,32 @@ What channels_redis 4.3 writes (observed in Redis, matching its docs):
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Pattern, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import msgpack
 
 from ..connections import shard_index
 from ..serializers import check_encryption_keys, fernet_key
+from ..spec import RESERVED_KEY, non_local_name
 
-CHANNEL_FIELD = "__asgi_channel__"
+# What is shared with the ASGI 1.0 side (spec.py) is imported from there:
+# non_local_name (the same "up to and including '!'" rule), the reserved
+# field name, and capacity patterns (spec.CapacityTable: the same "first
+# matching glob or regex wins"; channels_redis matches the *full* channel
+# name, so client.py passes that). Name checks stay here: channels 4 allows
+# no '?' channels and '\w' (any Unicode word character) after the '!', and
+# its error texts differ; group names follow the same rule as spec.py's but
+# keep channels' wording, which callers match on.
+
+CHANNEL_FIELD = RESERVED_KEY
 MAX_NAME_LENGTH = 100  # channels.layers.BaseChannelLayer: names must be shorter
 _CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+(\![\d\w\-_.]*)?$")
 _GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
 
-CapacityPatterns = List[Tuple[Pattern, int]]
+__all__ = ["non_local_name", "CHANNEL_FIELD", "MessageCodec"]
 
 
 def check_channel_name(name: Any) -> str:
@@ -54,49 +63,19 @@ def check_group_name(name: Any) -> str:
     return name
 
 
-def non_local_name(channel: str) -> str:
-    """The part of a channel name that names its Redis key (up to and including ``!``)."""
-    bang = channel.find("!")
-    return channel if bang < 0 else channel[: bang + 1]
-
-
 def channel_key(prefix: str, channel: str) -> str:
     return prefix + non_local_name(channel)
 
 
 def group_key(prefix: str, group: str) -> str:
+    # channels_redis's own key; it happens to equal the classic layout's group
+    # key, but belongs to another product's layout, so it is not borrowed from there
     return f"{prefix}:group:{group}"
 
 
 def shard_of(name: str, shard_count: int) -> int:
     # The same bucket arithmetic as asgi_redis 1.4.3 and channels_redis.
     return 0 if shard_count == 1 else shard_index(name, shard_count)
-
-
-def compile_capacities(channel_capacity: Optional[Mapping[Any, int]]) -> CapacityPatterns:
-    """``{glob or compiled regex: capacity}`` in order, as channels' layers read it."""
-    if channel_capacity is None:
-        return []
-    if not isinstance(channel_capacity, Mapping):
-        raise ValueError(f"channel_capacity must be a dict of capacities, not {channel_capacity!r:.80}")
-    compiled = []
-    for pattern, capacity in channel_capacity.items():
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"channel_capacity[{pattern!r}] must be a positive int, not {capacity!r}")
-        if hasattr(pattern, "match"):
-            compiled.append((pattern, capacity))
-        elif isinstance(pattern, str):
-            compiled.append((re.compile(fnmatch.translate(pattern)), capacity))
-        else:
-            raise ValueError(f"channel_capacity key {pattern!r} is neither a glob str nor a compiled regex")
-    return compiled
-
-
-def capacity_for(channel: str, patterns: CapacityPatterns, default: int) -> int:
-    for pattern, capacity in patterns:
-        if pattern.match(channel):
-            return capacity
-    return default
 
 
 class MessageCodec:

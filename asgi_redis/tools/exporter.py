@@ -31,6 +31,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
 
+from .. import scripts
 from ..connections import ShardSet
 from ..core import RedisChannelLayer
 from ..errors import ChannelLayerError
@@ -192,15 +193,14 @@ class LayerCollector(Collector):
             pipeline = client.pipeline(transaction=False)
             pipeline.info("memory")
             pipeline.info("clients")
-            # the global counters, read directly: the key budget must not hide them
-            pipeline.mget([self._global_key(counter) for counter in _COUNTERS])
             # an ACL user may be refused INFO: the shard still answers, those two gauges are left out
-            memory, clients, totals = pipeline.execute(raise_on_error=False)
+            memory, clients = pipeline.execute(raise_on_error=False)
             figures.used_memory = _info_field(memory, "used_memory")
             figures.connected_clients = _info_field(clients, "connected_clients")
-            if isinstance(totals, Exception):
-                raise totals
-            figures.global_counters = [int(value or 0) for value in totals]
+            # the global counters, read directly (as the layer's layout keeps them): the key
+            # budget must not hide them
+            totals = self.layer.layout.read_global_stats(scripts.run(client, self.layer.layout.global_stats_ops()))
+            figures.global_counters = [totals.get(counter, 0) for counter in _COUNTERS]
             contents = inspection.inspect_shard(
                 self.layer, figures.shard, client, self.max_channels, key_budget=self.key_budget
             )
@@ -244,10 +244,6 @@ class LayerCollector(Collector):
                 figures.complete = False
                 break
         figures.scanned += scanned
-
-    def _global_key(self, counter: str) -> str:
-        # 1.4.3's layout: <stats prefix>#global#:<counter>
-        return f"{self.layer.stats_prefix}{self.layer.global_stats_key}:{counter}"
 
 
 def _info_field(reply: Any, name: str) -> Optional[int]:

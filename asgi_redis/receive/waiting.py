@@ -5,25 +5,30 @@ at its next ``hz`` tick (every 100 ms by default), so waiting on each server
 in turn for a short slice cannot see a message on any of them within 50 ms.
 :class:`PendingPops` sends every server a BLPOP at once (with CLIENT ID in the
 same write, so that costs no extra round trip), waits for the first reply
-with ``select``, and cancels the others with CLIENT UNBLOCK (Redis 5 or newer).
+with a poll/epoll selector, and cancels the others with CLIENT UNBLOCK
+(Redis 5 or newer).
+
+``select.select`` cannot watch a descriptor above 1,023 ("filedescriptor out
+of range in select()"), which a busy process (daphne with many WebSockets)
+reaches; poll and epoll have no such limit. Poll is preferred because it
+needs no descriptor of its own (epoll does), which matters to a process
+close to its descriptor limit.
 """
 
 from __future__ import annotations
 
 import math
-import select
+import selectors
 import time
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import redis
 
-from . import scripts
-from .connections import ShardSet
+from .. import scripts
+from ..layouts.base import Call
+from .port import NOTHING, LayerPort, Received, Target
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .core import RedisChannelLayer
-
-Target = Tuple[ShardSet, int, List[str]]  # shard set, shard index, queue keys
+_Selector = getattr(selectors, "PollSelector", selectors.DefaultSelector)
 
 
 class NoClientUnblock(Exception):
@@ -38,8 +43,8 @@ class PendingPops:
     the caller should then wait some other way.
     """
 
-    def __init__(self, layer: RedisChannelLayer, targets: List[Target], timeout: float):
-        self.layer = layer
+    def __init__(self, port: LayerPort, targets: List[Target], timeout: float):
+        self.port = port
         self.pending: List[list] = []  # [target, connection, client id]
         self.unblock_refused = False
         # whole seconds work on every Redis; we cancel at our own, exact deadline
@@ -47,7 +52,7 @@ class PendingPops:
         try:
             for target in targets:
                 shards, index, keys = target
-                with layer._guard(shards, index, "receive"):
+                with port.guard(shards, index, "receive"):
                     connection = shards.client(index).connection_pool.get_connection()
                     self.pending.append([target, connection, None])
                     connection.send_packed_command(
@@ -55,7 +60,7 @@ class PendingPops:
                     )
             for entry in self.pending:
                 shards, index, _ = entry[0]
-                with layer._guard(shards, index, "receive"):
+                with port.guard(shards, index, "receive"):
                     entry[2] = entry[1].read_response()
         except redis.ResponseError as error:
             self._abandon()
@@ -71,17 +76,19 @@ class PendingPops:
                 return True
         except (redis.ConnectionError, OSError):
             return True
-        sockets = [connection._sock for _, connection, _ in self.pending]
-        return bool(select.select(sockets, [], [], max(0.0, timeout))[0])
+        with _Selector() as selector:
+            for _, connection, _ in self.pending:
+                selector.register(connection._sock, selectors.EVENT_READ)
+            return bool(selector.select(max(0.0, timeout)))
 
     def finish(self) -> List[Tuple[Target, Any]]:
-        """Cancel the BLPOPs still waiting; the ``(target, (queue key, body key))`` of those that popped."""
+        """Cancel the BLPOPs still waiting; the ``(target, (queue key, element))`` of those that popped."""
         popped = []
         failure: Optional[BaseException] = None
         for target, connection, client_id in self.pending:
             shards, index, _ = target
             try:
-                with self.layer._guard(shards, index, "receive"):
+                with self.port.guard(shards, index, "receive"):
                     if not connection.can_read(0) and not self._unblock(shards.client(index), client_id):
                         # closing the connection ends its BLPOP instead (a message popped
                         # at that very moment is lost: at most once)
@@ -118,12 +125,8 @@ class PendingPops:
         self.pending = []
 
 
-Received = Tuple[Optional[str], Optional[dict]]
-_NOTHING: Received = (None, None)
-
-
 def wait_everywhere(
-    layer: RedisChannelLayer,
+    port: LayerPort,
     targets: List[Target],
     deadline: float,
     poll: Optional[Callable[[], Received]] = None,
@@ -132,15 +135,15 @@ def wait_everywhere(
     """One BLPOP on every target's server at once, until a message or the deadline.
 
     ``poll`` (a non-blocking look at another transport) runs every
-    ``poll_interval`` seconds meanwhile. Sets ``layer._client_unblock`` to
-    False when a server cannot cancel a wait, so later calls wait in turns.
+    ``poll_interval`` seconds meanwhile. Tells ``port.quirks`` when a server
+    cannot cancel a wait, so later calls wait in turns.
     """
     try:
-        pops = PendingPops(layer, targets, deadline - time.monotonic())
+        pops = PendingPops(port, targets, deadline - time.monotonic())
     except NoClientUnblock:
-        layer._client_unblock = False
-        return _NOTHING
-    found: Received = _NOTHING
+        port.quirks.no_client_unblock()
+        return NOTHING
+    found: Received = NOTHING
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -155,29 +158,30 @@ def wait_everywhere(
     finally:
         popped = pops.finish()
         if pops.unblock_refused:
-            layer._client_unblock = False
+            port.quirks.no_client_unblock()
     if found[0] is not None:
-        _push_back(layer, popped)
+        _push_back(port, popped)
         return found
-    for position, (target, (queue_key, body_key)) in enumerate(popped):
+    layout = port.layout
+    for position, (target, (queue_key, element)) in enumerate(popped):
         shards, index, _ = target
-        with layer._guard(shards, index, "receive"):
-            body = scripts.TAKE_BODY(shards.client(index), [body_key])
-        decoded = layer._decode(queue_key, body) if body is not None else None
+        outcome = layout.after_wait(queue_key, element)
+        if isinstance(outcome, Call):
+            with port.guard(shards, index, "receive"):
+                reply = scripts.run(shards.client(index), [outcome])[0]
+            outcome = layout.after_follow_up(queue_key, reply)
+        decoded = port.decode(outcome) if outcome is not None else None
         if decoded is not None:
-            _push_back(layer, popped[position + 1:])
+            _push_back(port, popped[position + 1:])
             return decoded
-    return _NOTHING
+    return NOTHING
 
 
-def _push_back(layer: RedisChannelLayer, popped: List[Tuple[Target, Any]]) -> None:
-    """Return message keys popped by cancelled waits to the head of their queues.
+def _push_back(port: LayerPort, popped: List[Tuple[Target, Any]]) -> None:
+    """Return elements popped by cancelled waits to the head of their queues.
 
     Nobody has seen these messages: putting them back loses nothing and
     delivers nothing twice."""
-    for (shards, index, _), (queue_key, body_key) in popped:
-        with layer._guard(shards, index, "receive"):
-            pipeline = shards.client(index).pipeline(transaction=False)
-            pipeline.lpush(queue_key, body_key)
-            pipeline.expire(queue_key, layer.expiry + 1)
-            pipeline.execute()
+    for (shards, index, _), (queue_key, element) in popped:
+        with port.guard(shards, index, "receive"):
+            scripts.run(shards.client(index), port.layout.push_back(queue_key, element))

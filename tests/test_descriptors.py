@@ -1,0 +1,170 @@
+"""Blocking receives spanning several servers in a process holding thousands of descriptors.
+
+``select.select`` refuses descriptors above 1,023 ("filedescriptor out of
+range in select()"); daphne with many WebSockets open gets there. Each test
+holds 1,500 descriptors first (raising this process's soft RLIMIT_NOFILE if
+needed, never the system's), so every socket the layer opens afterwards has
+a number above 1,023, then waits on two servers at once in every path that
+does so: blocking, a mixed ``!`` + normal receive, asyncio, Twisted, local mode.
+"""
+
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer
+
+HELD = 1500
+SELECT_LIMIT = 1024
+
+
+@pytest.fixture
+def many_descriptors():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = HELD + 512
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard descriptor limit ({hard}) is below {wanted}")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # this process only
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(HELD)]
+    assert held[-1] >= SELECT_LIMIT
+    try:
+        yield
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def two_shards(redis_shards, many_descriptors):
+    made = []
+
+    def build(cls=RedisChannelLayer, **config):
+        config.setdefault("hosts", [server.url for server in redis_shards])
+        layer = cls(expiry=2, **config)
+        layer.blpop_timeout = 3
+        layer.extension_receive_timeout = 3
+        layer.flush()
+        made.append(layer)
+        return layer
+
+    yield build
+    for layer in made:
+        layer.flush()
+        layer.close()
+
+
+def _high_sockets(layer):
+    """Descriptor numbers of the idle pooled connections of every shard client."""
+    numbers = []
+    for shard_set in {id(s): s for s in (layer.shards, layer.normal_shards)}.values():
+        for client in shard_set.clients():
+            for connection in client.connection_pool._available_connections:
+                if connection._sock is not None:
+                    numbers.append(connection._sock.fileno())
+    return numbers
+
+
+def _send_soon(layer, channel, message, delay=0.1):
+    timer = threading.Timer(delay, layer.send, (channel, message))
+    timer.start()
+    return timer
+
+
+def test_blocking_receive_over_two_shards(two_shards):
+    layer, sender = two_shards(), two_shards()
+    for n in range(3):  # normal channels live on both shards: the wait spans both
+        timer = _send_soon(sender, "http.request", {"n": n})
+        assert layer.receive(["http.request"], block=True) == ("http.request", {"n": n})
+        timer.join()
+    assert min(_high_sockets(layer)) >= SELECT_LIMIT
+
+
+def test_mixed_directed_and_normal_receive(two_shards):
+    layer, sender = two_shards(), two_shards()
+    for target in ("daphne.response.x!a", "http.request", "daphne.response.x!b"):
+        timer = _send_soon(sender, target, {"to": target})
+        assert layer.receive(["daphne.response.x!", "http.request"], block=True) == (target, {"to": target})
+        timer.join()
+    assert min(_high_sockets(layer)) >= SELECT_LIMIT
+
+
+def test_receive_async_over_two_shards(two_shards):
+    layer, sender = two_shards(), two_shards()
+
+    async def receive():
+        try:
+            return await layer.receive_async(["http.request"])
+        finally:
+            await layer.close_async()
+
+    timer = _send_soon(sender, "http.request", {"async": True})
+    assert asyncio.run(receive()) == ("http.request", {"async": True})
+    timer.join()
+    assert min(_high_sockets(layer)) >= SELECT_LIMIT
+
+
+def test_local_mode_mixed_receive(redis_shards, two_shards):
+    remote, local = redis_shards
+    build = lambda: two_shards(RedisLocalChannelLayer, hosts=[remote.url], local_hosts=[local.url])  # noqa: E731
+    layer, sender = build(), build()
+    for target in ("reply?a", "http.request"):
+        timer = _send_soon(sender, target, {"to": target})
+        assert layer.receive(["http.request", "reply?a"], block=True) == (target, {"to": target})
+        timer.join()
+    assert min(_high_sockets(layer)) >= SELECT_LIMIT
+
+
+_TWISTED_SCRIPT = textwrap.dedent("""
+    import os, resource, sys, threading
+    from twisted.internet import reactor, threads
+    from asgi_redis import RedisChannelLayer
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < {wanted}:
+        resource.setrlimit(resource.RLIMIT_NOFILE, ({wanted}, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range({held})]
+    assert held[-1] >= {limit}
+    hosts = sys.argv[1:]
+    layer, sender = RedisChannelLayer(hosts=hosts, expiry=2), RedisChannelLayer(hosts=hosts, expiry=2)
+    layer.extension_receive_timeout = 3
+    layer.flush()
+    result = []
+
+    def main():
+        try:
+            for n in range(2):
+                timer = threading.Timer(0.1, sender.send, ("http.request", {{"n": n}}))
+                timer.start()
+                result.append(threads.blockingCallFromThread(reactor, layer.receive_twisted, ["http.request"]))
+                timer.join()
+        except BaseException as error:
+            result.append(repr(error))
+        finally:
+            reactor.callFromThread(reactor.stop)
+
+    threading.Thread(target=main, daemon=True).start()
+    reactor.run(installSignalHandlers=False)
+    layer.flush()
+    print(result)
+""")
+
+
+def test_receive_twisted_over_two_shards(redis_shards, many_descriptors):
+    """In a child interpreter: the global reactor cannot be restarted within this one."""
+    pytest.importorskip("twisted")
+    script = _TWISTED_SCRIPT.format(wanted=HELD + 512, held=HELD, limit=SELECT_LIMIT)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *(server.url for server in redis_shards)],
+        capture_output=True, text=True, timeout=60, env=environment,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[('http.request', {'n': 0}), ('http.request', {'n': 1})]", done.stderr
