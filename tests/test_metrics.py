@@ -154,3 +154,14 @@ def test_local_layer_counts_both_sides(met_layer, registry, redis_shards):
 def test_a_bad_setting_is_named(redis_server, bad):
     with pytest.raises(ValueError, match="metrics must be True, False or a prometheus_client CollectorRegistry"):
         RedisChannelLayer(hosts=[redis_server.url], metrics=bad)
+
+
+def test_latency_lands_in_its_bucket(met_layer, registry):
+    layer = met_layer(metrics=registry)
+    layer.blpop_timeout = 1
+    assert layer.receive(["nothing.here"], block=True) == (None, None)  # waits its full second
+    bucket = "asgi_redis_operation_seconds_bucket"
+    assert sample(registry, bucket, operation="receive_block", le="0.5") == 0
+    assert sample(registry, bucket, operation="receive_block", le="+Inf") == 1
+    assert sample(registry, "asgi_redis_operation_seconds_sum", operation="receive_block") >= 0.9
+    assert sample(registry, bucket, operation="send", le="+Inf") == 0
