@@ -24,6 +24,8 @@ from .command_options import (
     OneLineErrorParser,
     add_layer_options,
     layer_from_args,
+    positive_float,
+    positive_int,
     run_command,
 )
 from .output import format_table
@@ -60,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_layer_options(stats)
     stats.add_argument("--json", action="store_true", help="print JSON (one object per refresh)")
-    stats.add_argument("--watch", nargs="?", type=_positive_float, const=2.0, metavar="SECONDS",
+    stats.add_argument("--watch", nargs="?", type=positive_float, const=2.0, metavar="SECONDS",
                        help="refresh every SECONDS (default 2) until interrupted")
-    stats.add_argument("--count", type=_positive_int, metavar="N",
+    stats.add_argument("--count", type=positive_int, metavar="N",
                        help="with --watch: stop after N refreshes")
-    stats.add_argument("--limit", type=_positive_int, default=50,
+    stats.add_argument("--limit", type=positive_int, default=50,
                        help="at most this many channels (default 50)")
     stats.set_defaults(func=command_stats)
 
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_layer_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print JSON")
-    inspect.add_argument("--limit", type=_positive_int, default=100,
+    inspect.add_argument("--limit", type=positive_int, default=100,
                          help="at most this many channels and groups per shard (default 100); "
                               "the scan also stops after LIMIT x 1000 keys")
     inspect.set_defaults(func=command_inspect)
@@ -292,26 +294,6 @@ def _warn_if_wrong_prefix(layer: RedisChannelLayer, prefix_empty: bool, stats_em
 
 def _plural(count: int, word: str, plural: Optional[str] = None) -> str:
     return f"{count:,} {word if count == 1 else (plural or word + 's')}"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,7 +37,7 @@ from ..core import RedisChannelLayer
 from ..errors import ChannelLayerError
 from ..keyspace import glob_escape, scan_batches
 from . import inspection
-from .command_options import USAGE_ERROR, CommandError, layer_from_args
+from .command_options import USAGE_ERROR, CommandError, layer_from_args, positive_int
 from .embedded import cleanup_on_sigterm
 
 try:
@@ -409,14 +409,12 @@ def parse_listen(text: str) -> Tuple[str, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import _positive_int  # the command line's number checks; cli imports us lazily
-
     parser.add_argument("--listen", type=parse_listen, default=DEFAULT_LISTEN, metavar="HOST:PORT",
                         help="where to serve /metrics (default %(default)s)")
-    parser.add_argument("--key-budget", type=_positive_int, default=DEFAULT_KEY_BUDGET, metavar="KEYS",
+    parser.add_argument("--key-budget", type=positive_int, default=DEFAULT_KEY_BUDGET, metavar="KEYS",
                         help="keys SCANned per shard and scrape at most (default %(default)s); "
                              "asgi_redis_scrape_truncated says when it cut a scrape short")
-    parser.add_argument("--max-channels", type=_positive_int, default=DEFAULT_MAX_CHANNELS, metavar="N",
+    parser.add_argument("--max-channels", type=positive_int, default=DEFAULT_MAX_CHANNELS, metavar="N",
                         help="at most N channel and N group series, the busiest (default %(default)s)")
     parser.add_argument("--min-interval", type=float, default=DEFAULT_MIN_INTERVAL, metavar="SECONDS",
                         help="serve a scrape's figures again for this long instead of reading Redis "
@@ -425,9 +423,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one series for every 'foo.X!' and every 'foo?X' channel: 'foo.*!', 'foo?*'")
     parser.add_argument("--fold", action="append", default=[], metavar="GLOB",
                         help="report the channels matching GLOB as one series labelled GLOB (repeatable)")
-    parser.add_argument("--expiry", type=_positive_int, metavar="SECONDS",
+    parser.add_argument("--expiry", type=positive_int, metavar="SECONDS",
                         help="the layer's expiry, for message ages (default: the settings' or 60)")
-    parser.add_argument("--group-expiry", type=_positive_int, metavar="SECONDS",
+    parser.add_argument("--group-expiry", type=positive_int, metavar="SECONDS",
                         help="the layer's group_expiry, for live members (default: the settings' or 86400)")
 
 
