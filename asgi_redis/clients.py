@@ -24,7 +24,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import retry
+from . import exhaustion, retry
 
 HostSpec = Union[str, Tuple[str, int]]
 
@@ -44,7 +44,8 @@ def sync_kwargs(*settings: Dict[str, Any]) -> Dict[str, Any]:
     merged = retry.client_defaults()
     for part in settings:
         merged.update(part)
-    return merged
+    # no file opened per connection object (EMFILE would wedge the pool): exhaustion.py
+    return {**exhaustion.client_defaults(merged), **merged}
 
 
 def make_client(host: HostSpec, connection_kwargs: Dict[str, Any]) -> redis.Redis:
@@ -75,7 +76,8 @@ def make_async_client(host: HostSpec, connection_kwargs: Dict[str, Any]) -> Any:
     import redis.asyncio
     from redis.asyncio.retry import Retry as AsyncRetry
 
-    kwargs = {**connection_kwargs, "retry": AsyncRetry(NoBackoff(), 0)}
+    kwargs = {**exhaustion.client_defaults(connection_kwargs), **connection_kwargs,
+              "retry": AsyncRetry(NoBackoff(), 0)}
     try:
         if isinstance(host, str):
             return redis.asyncio.Redis.from_url(host, **kwargs)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import redis
 
-from . import retry, scripts, spec
+from . import exhaustion, retry, scripts, spec
 from .connections import HostShards, ShardSet, check_connection_kwargs, parse_hosts
 from .errors import ChannelFull, ChannelLayerError, LayerConnectionError, MessageTooLarge
 from .extensions import ExtensionsMixin
@@ -401,6 +401,13 @@ class _ConnectionGuard:
         return None
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+        if kind is not None and issubclass(kind, (redis.ConnectionError, OSError)):
+            # out of descriptors, server clients or pool slots: the server is fine (no
+            # connection_failed), and the message says which limit to look at
+            where = self.shards.describe(self.index)
+            reason = exhaustion.explain(error, where, self.shards.client(self.index))
+            if reason is not None:
+                raise LayerConnectionError(f"{self.action} failed: {reason}") from error
         if kind is not None and issubclass(kind, (redis.ConnectionError, redis.TimeoutError)):
             self._failed()
             raise LayerConnectionError(

@@ -32,7 +32,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
-from . import spec
+from . import loop_scope, spec
 from .clients import make_async_client
 from .connections import HostShards
 
@@ -159,6 +159,9 @@ class ExtensionsMixin:
                 clients = self._async_clients_by_loop.get(loop)
                 if clients is None:
                     clients = self._async_clients_by_loop[loop] = _AsyncClients(self.connection_kwargs)
+                    # the clients refer to their loop, so the weak mapping alone never drops them
+                    if self.close_async not in loop_scope.pending_closers(loop):
+                        loop_scope.close_with_loop(loop, self.close_async)
         return clients
 
 

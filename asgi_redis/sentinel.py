@@ -24,7 +24,7 @@ import redis
 from redis.connection import SSLConnection
 from redis.sentinel import MasterNotFoundError, SentinelConnectionPool, SentinelManagedConnection
 
-from . import clients, retry
+from . import clients, exhaustion, retry
 from .connections import ShardSet
 from .core import RedisChannelLayer
 from .errors import LayerConnectionError
@@ -174,6 +174,8 @@ class Sentinels:
             try:
                 answer = question(self._clients[number])
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as error:
+                if exhaustion.descriptor_errno(error):
+                    raise  # this process is out of descriptors: every other sentinel would be too
                 failures.append(f"{self.addresses[number]}: {error}")
                 continue
             if answer is None:

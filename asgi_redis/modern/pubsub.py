@@ -14,14 +14,10 @@ lives in the memory of each consuming process; a producer cannot change it.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
-import redis
-
-from .. import errors
 from . import wire
-from .hosts import decode_hosts, describe_host, make_client
+from .hosts import HostClients, decode_hosts, make_client
 from .pubsub_wire import PubSubCodec, group_channel, server_of
 from .settings import Producer, producer_from_settings
 
@@ -34,7 +30,7 @@ class GroupMembershipError(RuntimeError):
     """
 
 
-class SyncPubSubClient:
+class SyncPubSubClient(HostClients):
     """Publish to channels and groups of ``RedisPubSubChannelLayer`` from sync code.
 
     Takes that layer's keywords (or use :meth:`from_settings` on the same
@@ -44,6 +40,8 @@ class SyncPubSubClient:
     prefix followed by a valid name, as the layer's ``new_channel`` makes them. Safe to share between threads;
     after a fork the connection pools reconnect by themselves.
     """
+
+    _lost_reply = "a timed-out publish may or may not have been delivered"
 
     def __init__(
         self,
@@ -110,21 +108,6 @@ class SyncPubSubClient:
         """
         self.close()
 
-    def close(self) -> None:
-        """Drop every pooled connection; the client reconnects if used again."""
-        for client in self._clients:
-            client.connection_pool.disconnect()
-
-    def __enter__(self) -> SyncPubSubClient:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        hosts = ", ".join(describe_host(entry) for entry in self.hosts)
-        return f"<{type(self).__name__} prefix={self.prefix!r} hosts=[{hosts}]>"
-
     # -- internals ------------------------------------------------------------
 
     def _check_channel_name(self, channel: Any) -> None:
@@ -147,7 +130,7 @@ class SyncPubSubClient:
 
     def _publish(self, name: str, body: bytes) -> int:
         index = server_of(name, len(self._clients))
-        with self._server(index) as client:
+        with self._host(index) as client:
             return int(client.publish(name, body))
 
     def _refuse_membership(self, method: str, group: str, channel: str) -> None:
@@ -160,13 +143,3 @@ class SyncPubSubClient:
             f"self.channel_layer.{method}({group!r}, self.channel_name) in that consumer, "
             "or send it a message whose handler does."
         )
-
-    @contextlib.contextmanager
-    def _server(self, index: int) -> Iterator[redis.Redis]:
-        try:
-            yield self._clients[index]
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise errors.LayerConnectionError(
-                f"Redis {describe_host(self.hosts[index])} failed: {error} (a timed-out publish "
-                "may or may not have been delivered; it is never retried, so never doubled)"
-            ) from error

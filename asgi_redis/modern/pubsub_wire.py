@@ -18,13 +18,9 @@ Read from its 4.3 source and checked against it by tests/test_modern_pubsub.py:
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, Optional, Sequence, Union
 
-import msgpack
-
-from ..connections import shard_index
-from ..serializers import check_encryption_keys, fernet_key
+from .wire import decode_plain, encode_plain, multi_fernet, registered_serializer, shard_of
 
 GROUP_INFIX = "__group__"
 
@@ -36,7 +32,7 @@ def group_channel(prefix: str, group: str) -> str:
 
 def server_of(name: str, server_count: int) -> int:
     """The host index channels_redis's ``_consistent_hash`` gives ``name``."""
-    return 0 if server_count == 1 else shard_index(name, server_count)
+    return shard_of(name, server_count)
 
 
 class PubSubCodec:
@@ -53,9 +49,11 @@ class PubSubCodec:
         self._registered = None
         self._fernet = None
         if serializer_format not in ("msgpack", "json"):
-            self._registered = _registered_serializer(serializer_format, symmetric_encryption_keys)
+            # exactly the arguments RedisPubSubChannelLayer passes
+            self._registered = registered_serializer(
+                serializer_format, symmetric_encryption_keys=symmetric_encryption_keys)
         elif symmetric_encryption_keys:  # the layer treats None and [] alike: no encryption
-            self._fernet = _multi_fernet(symmetric_encryption_keys)
+            self._fernet = multi_fernet(symmetric_encryption_keys)
 
     @property
     def encrypted(self) -> bool:
@@ -64,13 +62,7 @@ class PubSubCodec:
     def encode(self, message: Dict[str, Any]) -> bytes:
         if self._registered is not None:
             return self._registered.serialize(message)
-        try:
-            if self.format == "msgpack":
-                body = msgpack.packb(message)
-            else:
-                body = json.dumps(message).encode("utf-8")
-        except (TypeError, ValueError, OverflowError) as error:
-            raise TypeError(f"message cannot be encoded as {self.format}: {error}") from None
+        body = encode_plain(self.format, message)
         return body if self._fernet is None else self._fernet.encrypt(body)
 
     def decode(self, body: bytes) -> Dict[str, Any]:
@@ -79,28 +71,4 @@ class PubSubCodec:
             return self._registered.deserialize(body)
         if self._fernet is not None:
             body = self._fernet.decrypt(body)
-        return msgpack.unpackb(body) if self.format == "msgpack" else json.loads(body)
-
-
-def _multi_fernet(keys: Any) -> Any:
-    try:
-        from cryptography.fernet import Fernet, MultiFernet
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise ImportError(
-            "symmetric_encryption_keys needs the 'cryptography' package: pip install cryptography"
-        ) from None
-    return MultiFernet([Fernet(fernet_key(key)) for key in check_encryption_keys(keys)])
-
-
-def _registered_serializer(name: Any, keys: Any) -> Any:
-    try:
-        from channels_redis.serializers import registry
-    except ImportError:
-        registry = None
-    if registry is None or not isinstance(name, str):
-        raise ValueError(f"serializer_format {name!r} is unknown: use 'msgpack' or 'json'")
-    try:
-        # exactly the arguments RedisPubSubChannelLayer passes
-        return registry.get_serializer(name, symmetric_encryption_keys=keys)
-    except KeyError:
-        raise ValueError(f"serializer_format {name!r} is not registered with channels_redis") from None
+        return decode_plain(self.format, body)

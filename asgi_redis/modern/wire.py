@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Pattern, Tuple, Union
 
 import msgpack
 
@@ -46,19 +46,19 @@ __all__ = ["non_local_name", "CHANNEL_FIELD", "MessageCodec"]
 
 
 def check_channel_name(name: Any) -> str:
-    if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH or not _CHANNEL_NAME.match(name):
-        raise TypeError(
-            f"channel name {name!r:.120} is invalid: it must be a str shorter than {MAX_NAME_LENGTH} "
-            "characters of ASCII letters, digits, '-', '_' and '.', with an optional '!' part"
-        )
-    return name
+    return _check_name("channel", name, _CHANNEL_NAME, ", with an optional '!' part")
 
 
 def check_group_name(name: Any) -> str:
-    if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH or not _GROUP_NAME.match(name):
+    return _check_name("group", name, _GROUP_NAME)
+
+
+def _check_name(kind: str, name: Any, pattern: Pattern[str], also: str = "") -> str:
+    # callers match on these texts: the wording stays as it is
+    if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH or not pattern.match(name):
         raise TypeError(
-            f"group name {name!r:.120} is invalid: it must be a str shorter than {MAX_NAME_LENGTH} "
-            "characters of ASCII letters, digits, '-', '_' and '.'"
+            f"{kind} name {name!r:.120} is invalid: it must be a str shorter than {MAX_NAME_LENGTH} "
+            f"characters of ASCII letters, digits, '-', '_' and '.'{also}"
         )
     return name
 
@@ -97,9 +97,11 @@ class MessageCodec:
         self.expiry = expiry
         self._foreign = None
         if serializer_format not in ("msgpack", "json"):
-            self._foreign = _registered_serializer(
-                serializer_format, symmetric_encryption_keys, random_prefix_length, expiry)
-        self._fernet = _multi_fernet(symmetric_encryption_keys) if symmetric_encryption_keys else None
+            # the keywords channels_redis's core layer passes
+            self._foreign = registered_serializer(
+                serializer_format, symmetric_encryption_keys=symmetric_encryption_keys,
+                random_prefix_length=random_prefix_length, expiry=expiry)
+        self._fernet = multi_fernet(symmetric_encryption_keys) if symmetric_encryption_keys else None
 
     @property
     def encrypted(self) -> bool:
@@ -114,7 +116,7 @@ class MessageCodec:
     def encode(self, message: Dict[str, Any]) -> bytes:
         if self._foreign is not None:
             return self._foreign.serialize(message)
-        body = self._plain(message)
+        body = encode_plain(self.format, message)
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
         return self.nonce() + body
@@ -126,7 +128,7 @@ class MessageCodec:
         body = member[self.random_prefix_length:]
         if self._fernet is not None:
             body = self._fernet.decrypt(body)
-        return msgpack.unpackb(body) if self.format == "msgpack" else json.loads(body)
+        return decode_plain(self.format, body)
 
     def nonce(self) -> bytes:
         return os.urandom(self.random_prefix_length)
@@ -140,21 +142,32 @@ class MessageCodec:
         """
         with_field = dict(message)
         with_field[CHANNEL_FIELD] = None
-        body = self._plain(with_field)
+        body = encode_plain(self.format, with_field)
         if self.format == "msgpack":
             return body[:-1], b""  # msgpack nil is the single byte 0xc0
         return body[: -len(b"null}")], b"}"
 
-    def _plain(self, message: Dict[str, Any]) -> bytes:
-        try:
-            if self.format == "msgpack":
-                return msgpack.packb(message)
-            return json.dumps(message).encode("utf-8")
-        except (TypeError, ValueError, OverflowError) as error:
-            raise TypeError(f"message cannot be encoded as {self.format}: {error}") from None
+
+# What the core and the pub/sub layer's bodies share (pubsub_wire.py uses these
+# too): the plain msgpack or JSON encoding, the Fernet keys, the serializer registry.
+
+def encode_plain(serializer_format: str, message: Dict[str, Any]) -> bytes:
+    """``message`` as channels_redis's built-in msgpack or JSON serializer encodes it."""
+    try:
+        if serializer_format == "msgpack":
+            return msgpack.packb(message)
+        return json.dumps(message).encode("utf-8")
+    except (TypeError, ValueError, OverflowError) as error:
+        raise TypeError(f"message cannot be encoded as {serializer_format}: {error}") from None
 
 
-def _multi_fernet(keys: Any) -> Any:
+def decode_plain(serializer_format: str, body: bytes) -> Dict[str, Any]:
+    """The inverse of :func:`encode_plain`."""
+    return msgpack.unpackb(body) if serializer_format == "msgpack" else json.loads(body)
+
+
+def multi_fernet(keys: Any) -> Any:
+    """The ``MultiFernet`` channels_redis builds from ``symmetric_encryption_keys``."""
     try:
         from cryptography.fernet import Fernet, MultiFernet
     except ImportError:  # pragma: no cover - depends on the installed extras
@@ -164,7 +177,9 @@ def _multi_fernet(keys: Any) -> Any:
     return MultiFernet([Fernet(fernet_key(key)) for key in check_encryption_keys(keys)])
 
 
-def _registered_serializer(name: Any, keys: Any, random_prefix_length: int, expiry: int) -> Any:
+def registered_serializer(name: Any, **layer_arguments: Any) -> Any:
+    """channels_redis's registered serializer ``name``, built with ``layer_arguments``:
+    exactly the keywords the layer being matched passes it."""
     try:
         from channels_redis.serializers import registry
     except ImportError:
@@ -172,7 +187,6 @@ def _registered_serializer(name: Any, keys: Any, random_prefix_length: int, expi
     if registry is None or not isinstance(name, str):
         raise ValueError(f"serializer_format {name!r} is unknown: use 'msgpack' or 'json'")
     try:
-        return registry.get_serializer(name, symmetric_encryption_keys=keys,
-                                       random_prefix_length=random_prefix_length, expiry=expiry)
+        return registry.get_serializer(name, **layer_arguments)
     except KeyError:
         raise ValueError(f"serializer_format {name!r} is not registered with channels_redis") from None

@@ -24,7 +24,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import redis
 
-from .. import scripts
+from .. import exhaustion, scripts
 from ..layouts.base import Call
 from .port import NOTHING, LayerPort, Received, Target
 
@@ -115,6 +115,12 @@ class PendingPops:
             return True
         except redis.ResponseError:
             self.unblock_refused = True  # an ACL user without CLIENT UNBLOCK
+            return False
+        except (redis.ConnectionError, OSError) as error:
+            # no second connection to be had (out of descriptors, maxclients): end the
+            # wait by closing its socket, so a message another wait popped is not lost
+            if not exhaustion.is_exhaustion(error):
+                raise
             return False
 
     def _abandon(self) -> None:

@@ -18,7 +18,7 @@ import contextlib
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import redis
 
@@ -96,12 +96,18 @@ def _measure(probe: redis.Redis, calls: int, work: Callable[[], None]) -> tuple:
     return calls / elapsed[0], opened / calls
 
 
-def format_report(figures: Dict[str, Dict[str, float]], members: int) -> str:
+def producer_table(title: str, figures: Dict[str, Dict[str, float]]) -> List[str]:
+    """The lines of the table both modern benchmarks print: one a producer."""
     rates, connections = figures["calls_per_second"], figures["connections_per_call"]
-    title = f"producer (group of {members} members)"
     lines = [f"{title:<45} {'calls/s':>9} {'ms/call':>8} {'conn/call':>9}"]
     for label, rate in rates.items():
         lines.append(f"{label:<45} {rate:>9.0f} {1000 / rate:>8.2f} {connections[label]:>9.2f}")
+    return lines
+
+
+def format_report(figures: Dict[str, Dict[str, float]], members: int) -> str:
+    rates = figures["calls_per_second"]
+    lines = producer_table(f"producer (group of {members} members)", figures)
     speedup = rates["sync group_send"] / rates["async_to_sync(group_send)"]
     lines.append(f"sync group_send is {speedup:.1f}x async_to_sync(group_send)")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ import redis
 
 from ..modern.pubsub import SyncPubSubClient
 from ..modern.pubsub_wire import group_channel
-from .modern_bench import _measure, _repeat, _spawn_redis
+from .modern_bench import _measure, _repeat, _spawn_redis, producer_table
 
 PREFIX = "asgibench"
 GROUP = "bench"
@@ -106,11 +106,8 @@ def _check_delivered(label: str, listeners: List[Any], calls: int) -> None:
 
 
 def format_report(figures: Dict[str, Dict[str, float]], subscribers: int) -> str:
-    rates, connections = figures["calls_per_second"], figures["connections_per_call"]
-    title = f"pub/sub producer ({subscribers} subscribed processes)"
-    lines = [f"{title:<45} {'calls/s':>9} {'ms/call':>8} {'conn/call':>9}"]
-    for label, rate in rates.items():
-        lines.append(f"{label:<45} {rate:>9.0f} {1000 / rate:>8.2f} {connections[label]:>9.2f}")
+    rates = figures["calls_per_second"]
+    lines = producer_table(f"pub/sub producer ({subscribers} subscribed processes)", figures)
     for kind in ("group_send", "send"):
         speedup = rates[f"sync {kind}"] / rates[f"async_to_sync({kind})"]
         lines.append(f"sync {kind} is {speedup:.1f}x async_to_sync({kind})")
