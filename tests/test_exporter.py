@@ -12,11 +12,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from asgi_redis import RedisChannelLayer
+from asgi_redis import RedisChannelLayer, RedisSentinelChannelLayer
 from asgi_redis.tools.exporter import ChannelFolding, LayerCollector, MetricsServer, parse_listen
 
 from .helpers import ROOT, LayerBuilder, cli_environment
 from .servers import RedisProcess
+from .topology import SentinelTopology
 
 PREFIX = "exptest:"
 STATS_PREFIX = "exptest-meta:"
@@ -339,6 +340,27 @@ def test_two_shards_summed_then_one_stopped(exp_layer, serve, own_shards):
     assert labelled(one, "asgi_redis_group_members", "group") == {groups[0]: 2}
     assert value(one, "asgi_redis_messages_count") == 3
     assert labelled(one, "asgi_redis_shard_round_trip_seconds", "shard").keys() == {shard0}
+
+
+def test_sentinel_layer(serve):
+    topology = SentinelTopology(["svc-x"], sentinel_count=1)
+    try:
+        layer = RedisSentinelChannelLayer(hosts=topology.sentinel_addresses, services=["svc-x"],
+                                          prefix=PREFIX, stats_prefix=STATS_PREFIX)
+        try:
+            layer.flush()
+            layer.send("http.request", {})
+            layer.send("http.request", {})
+            layer.group_add("room", "daphne.response.x!1")
+            samples = scrape(serve(layer))
+        finally:
+            layer.close()
+    finally:
+        topology.close()
+    assert value(samples, "asgi_redis_channel_pending_messages", channel="http.request") == 2
+    assert value(samples, "asgi_redis_group_members", group="room") == 1
+    (shard, up), = labelled(samples, "asgi_redis_shard_up", "shard").items()
+    assert up == 1 and shard.startswith("service 'svc-x'"), shard
 
 
 # -- the command line -----------------------------------------------------------
