@@ -27,7 +27,7 @@ from .errors import ChannelFull, ChannelLayerError, LayerConnectionError, Messag
 from .extensions import ExtensionsMixin
 from .keyspace import scan_batches
 from .layouts import get_layout
-from .layouts.base import Layout, LayoutSettings, Operation, Popped
+from .layouts.base import GroupEntry, Layout, LayoutSettings, Operation, Popped
 from .metrics import instrument, instruments_for
 from .receive import Receive, ServerQuirks
 from .receive.port import Found, Target
@@ -218,15 +218,31 @@ class RedisChannelLayer(ExtensionsMixin):
         """One script call per shard holding members; the local layer diverts normal ones.
         Returns how many members were full (and skipped)."""
         process_members = [channel for channel in members if "!" in channel]
-        named_bodies = dict(zip(process_members, self._encode_naming(message, process_members)))
-        batches: Dict[Tuple[int, int], Tuple[ShardSet, int, Dict[str, List[bytes]]]] = {}
+        if self.layout.fans_out:
+            # one entry per process queue naming its members; the receiver fans it out
+            named_bodies: Dict[str, Any] = {}
+            entries: Dict[str, GroupEntry] = {}
+            for channel in process_members:
+                queue = spec.non_local_name(channel)
+                entry = entries.get(queue)
+                if entry is None:
+                    entry = entries[queue] = named_bodies[channel] = GroupEntry(plain_body, [])
+                else:
+                    named_bodies[channel] = None
+                entry.channels.append(channel)
+        else:
+            named_bodies = dict(zip(process_members, self._encode_naming(message, process_members)))
+        batches: Dict[Tuple[int, int], Tuple[ShardSet, int, Dict[str, List[Any]]]] = {}
         for channel in members:
             queue = spec.non_local_name(channel)
+            body = named_bodies.get(channel, plain_body)
+            if "!" in channel and body is None:
+                continue  # named by its process's entry
             shards, index = self._route(queue)
             batch = batches.get((id(shards), index))
             if batch is None:
                 batch = batches[(id(shards), index)] = (shards, index, {})
-            batch[2].setdefault(queue, []).append(named_bodies.get(channel, plain_body))
+            batch[2].setdefault(queue, []).append(body)
         full = 0
         for shards, index, runs in batches.values():
             full += self.layout.read_send(
@@ -253,12 +269,22 @@ class RedisChannelLayer(ExtensionsMixin):
     def global_statistics(self) -> Dict[str, int]:
         """``messages_count`` and ``channel_full_count`` summed over every shard."""
         totals = {"messages_count": 0, "channel_full_count": 0}
-        operations = self.layout.global_stats_ops()
         for shards, index in self._sweep():
-            replies = self._run(shards, index, "global_statistics", operations)
-            for name, value in self.layout.read_global_stats(replies).items():
+            for name, value in self._shard_global_statistics(shards, index).items():
                 totals[name] += value
         return totals
+
+    def _shard_global_statistics(self, shards: ShardSet, index: int) -> Dict[str, int]:
+        """The global counters kept on one shard (the exporter reads them shard by shard)."""
+        pattern = self.layout.global_stats_pattern()
+        operations = self.layout.global_stats_ops()
+        if pattern is not None:  # counters spread over keys (one per hash slot): find them
+            with self._guard(shards, index, "global_statistics"):
+                keys = [key for batch in scan_batches(shards.client(index), pattern) for key in batch]
+            operations = self.layout.global_stats_ops(keys)
+            if not operations:
+                return {}
+        return self.layout.read_global_stats(self._run(shards, index, "global_statistics", operations))
 
     def channel_statistics(self, channel: str) -> Dict[str, int]:
         """Counters, pending messages and oldest age of one channel."""
@@ -365,9 +391,12 @@ class RedisChannelLayer(ExtensionsMixin):
                 removed += client.delete(*batch)
         return removed
 
-    def _decode(self, queue_key: bytes, body: bytes) -> Optional[Tuple[str, Message]]:
-        """The ``(channel, message)`` of a popped body, or None when it cannot be decoded."""
-        channel = self.layout.channel_of(queue_key)
+    def _decode(self, queue_key: bytes, body: bytes, channel: Optional[str] = None) -> Optional[Tuple[str, Message]]:
+        """The ``(channel, message)`` of a popped body, or None when it cannot be decoded.
+
+        ``channel``: the receiving channel when the layout knows it (a fanned-out entry)."""
+        if channel is None:
+            channel = self.layout.channel_of(queue_key)
         try:
             message = self.serializer.decode(body)
         except UndecodableMessage as error:
@@ -470,4 +499,4 @@ class _ReceivePort:
         return self._layer._guard(shards, index, action)
 
     def decode(self, popped: Popped) -> Optional[Found]:
-        return self._layer._decode(popped.queue_key, popped.body)
+        return self._layer._decode(popped.queue_key, popped.body, popped.channel)

@@ -215,11 +215,12 @@ def _counting_members(send_to_members: Callable[..., Optional[int]], instruments
     return counting
 
 
-def _counting_decode(decode: Callable[[bytes, bytes], Any], instruments: Instruments) -> Callable[..., Any]:
+def _counting_decode(decode: Callable[..., Any], instruments: Instruments) -> Callable[..., Any]:
     lock, counts = instruments.lock, instruments.counts
 
-    def counting(queue_key: bytes, body: bytes) -> Any:
-        found = decode(queue_key, body)
+    def counting(queue_key: bytes, body: bytes, channel: Optional[str] = None) -> Any:
+        # one call per message delivered: a fanned-out group entry is decoded per member
+        found = decode(queue_key, body, channel)
         with lock:
             counts[UNDECODABLE if found is None else RECEIVED] += 1
         return found

@@ -7,6 +7,7 @@ conformance suite) imports helpers.py but never this.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -45,12 +46,28 @@ class LayerConformance(conformance.ConformanceTestCase):
     def layer_config() -> dict:
         raise NotImplementedError("a conformance configuration defines layer_config")
 
+    # a plain method, not a classmethod: pytest < 9 cannot make a fixture of a classmethod
     @pytest.fixture(scope="class", autouse=True)
-    @classmethod
-    def _class_layer(cls, request):
+    def _class_layer(self, request):
+        cls = request.cls
         servers = {name: request.getfixturevalue(name) for name in inspect.signature(cls.layer_config).parameters}
         builder = LayerBuilder(cls.layer_class, expiry=1, group_expiry=2, capacity=cls.capacity_limit or 100)
         cls.channel_layer = builder(**cls.layer_config(**servers))
         yield
         cls.channel_layer = None
         builder.close()
+
+
+def on_layout(layer_config: Callable[..., dict], layout: str) -> Any:
+    """``layer_config`` of another configuration with ``layout=`` added (also to a
+    ``local_layer_config``), as the static ``layer_config`` of a subclass; it keeps
+    the parameters (the fixtures) of the one it wraps."""
+
+    @functools.wraps(layer_config)
+    def config(**servers: Any) -> dict:
+        made = {**layer_config(**servers), "layout": layout}
+        if isinstance(made.get("local_layer_config"), dict):
+            made["local_layer_config"] = {**made["local_layer_config"], "layout": layout}
+        return made
+
+    return staticmethod(config)

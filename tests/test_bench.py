@@ -3,6 +3,7 @@ raw limit, and cleans up. The figures themselves are not asserted: this
 machine is shared and noisy."""
 
 import json
+import os
 
 import pytest
 
@@ -19,6 +20,14 @@ EXPECTED_ROWS = [
     "encrypted send", "encrypted send + receive pair",
     "2 shards: send", "2 shards: send + receive pair",
     "2 shards: blocking receive p50", "2 shards: blocking receive p99",
+    "compact: send", "compact: send + receive pair",
+    "compact: blocking receive p50", "compact: blocking receive p99",
+    "compact: send_group 10 members", "compact: send_group 100 members",
+    "send_group 100 members of 1 process", "send_group 100 members of 4 processes",
+    "compact: send_group 100 members of 1 process", "compact: send_group 100 members of 4 processes",
+    "Redis time per delivered message (send + receive)",
+    *(f"{layout} layout: refused send, capacity {capacity:,}"
+      for layout in ("classic", "compact") for capacity in (100, 500, 2000)),
 ]
 
 
@@ -85,3 +94,16 @@ def test_bad_members_is_a_usage_error():
 ])
 def test_second_database_for_the_two_shard_variant(host, second):
     assert _second_database(host) == second
+
+
+@pytest.mark.skipif(not os.environ.get("ASGI_REDIS_CHANNELS_REDIS_PYTHON"),
+                    reason="set ASGI_REDIS_CHANNELS_REDIS_PYTHON to an interpreter with channels_redis 4")
+def test_quick_bench_beside_channels_redis(redis_server):
+    python = os.environ["ASGI_REDIS_CHANNELS_REDIS_PYTHON"]
+    result = run_cli("--quick", "--json", "--url", redis_server.url, "--members", "10",
+                     "--channels-redis", python, module="asgi_redis.bench")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)["rows"]}
+    for processes in ("1 process", "4 processes"):
+        row = rows[f"compact: send_group 100 members of {processes} vs channels_redis"]
+        assert row["ours"] > 0 and row["raw"] > 0

@@ -375,3 +375,34 @@ def test_demo_stopped_with_sigterm_stops_everything_it_started():
     assert demo.returncode == 143
     for pid in [embedded_pid, *worker_pids]:
         assert not pid_alive(pid), pid
+
+
+def test_stats_inspect_and_flush_on_the_compact_layout(redis_server):
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix=PREFIX, stats_prefix=STATS_PREFIX,
+                              group_expiry=60, layout="compact")
+    try:
+        layer.flush()
+        fill(layer)
+        where = [*location(redis_server), "--layout", "compact"]
+        stats = run_cli("stats", *where)
+        assert stats.returncode == 0, stats.stderr
+        lines = stats.stdout.splitlines()
+        assert "messages_count 7" in lines[1]
+        rows = {line.split()[0]: line.split()[1:] for line in lines[3:]}
+        # count, pending, (oldest age: seconds, depends on the machine's pace), full
+        assert [rows["http.request"][i] for i in (0, 1, 3)] == ["5", "5", "0"]
+        assert [rows["websocket.send!"][i] for i in (0, 1, 3)] == ["1", "1", "0"]
+        inspected = run_cli("inspect", *where)
+        assert inspected.returncode == 0, inspected.stderr
+        assert f"shard {redis_server.url}: 3 channels, 1 group, 0 message bodies" in inspected.stdout
+        rows = {line.split()[0]: line.split()[1:] for line in inspected.stdout.splitlines()[3:]
+                if line.startswith("  ")}
+        assert rows["http.request"][0] == "5" and rows["chat"] == ["3", "0"]
+        flushed = run_cli("flush", "--yes", *where)
+        assert flushed.returncode == 0, flushed.stderr
+        assert count_keys(redis_server) == 0
+        bad = run_cli("stats", *location(redis_server), "--layout", "tiny")
+        assert_one_line_error(bad, 2, "'tiny'")
+    finally:
+        layer.flush()
+        layer.close()

@@ -152,3 +152,31 @@ def test_same_shards_as_legacy(legacy_executable, shard_count):
     names = NAMES + [f"chat.{n}?{n * 7919}" for n in range(300)]
     legacy = old.run(*[("consistent_hash", (name,)) for name in names])
     assert [shard_index(name, shard_count) for name in names] == legacy
+
+
+def test_compact_layout_and_143_never_mix(redis_server, legacy_executable):
+    """layout="compact" is not 1.4.3's: neither side sees the other's messages,
+    groups or statistics (so nothing is misread); switching is a cut-over."""
+    compact = RedisChannelLayer(hosts=[redis_server.url], expiry=10, layout="compact")
+    compact.flush()
+    old = LegacyLayer(legacy_executable, hosts=[redis_server.address], expiry=10)
+    try:
+        compact.send("mix.normal", {"from": "compact"})
+        compact.send("mix!a", {"from": "compact"})
+        compact.group_add("mixroom", "mix.member")
+        results = old.run(
+            ("receive", (["mix.normal"],)), ("receive", (["mix!"],)),
+            ("group_channels", ("mixroom",)), ("global_statistics", ()),
+            ("send", ("mix.normal", {"from": "1.4.3"})), ("group_add", ("mixroom", "old.member")),
+        )
+        assert results[:4] == [(None, None), (None, None), [], {"messages_count": 0, "channel_full_count": 0}]
+        assert compact.receive(["mix.normal"]) == ("mix.normal", {"from": "compact"})
+        assert compact.receive(["mix.normal"]) == (None, None)  # 1.4.3's message is not read as ours
+        assert compact.group_channels("mixroom") == ["mix.member"]
+        assert compact.global_statistics()["messages_count"] == 2
+        compact.flush()  # leaves 1.4.3's keys alone
+        assert old.run(("receive", (["mix.normal"],))) == [("mix.normal", {"from": "1.4.3"})]
+    finally:
+        old.run(("flush", ()))
+        compact.flush()
+        compact.close()

@@ -30,9 +30,9 @@ def _check_exactly_once_and_ordered(received, senders, per_sender):
     assert len(ids) == senders * per_sender, f"lost {senders * per_sender - len(ids)} messages"
 
 
-@pytest.fixture
-def big_layer(redis_shards):
-    layer = RedisChannelLayer(hosts=[s.url for s in redis_shards], capacity=TOTAL, expiry=60)
+@pytest.fixture(params=["classic", "compact"])
+def big_layer(request, redis_shards):
+    layer = RedisChannelLayer(hosts=[s.url for s in redis_shards], capacity=TOTAL, expiry=60, layout=request.param)
     layer.flush()
     yield layer
     layer.flush()
@@ -115,3 +115,31 @@ def test_processes_forked_after_layer_creation(big_layer):
         assert channel == f"forked!{sender}"
         by_sender[sender].append(seq)
     assert all(seqs == list(range(per_sender)) for seqs in by_sender.values())
+
+
+def test_group_fan_out_across_threads(big_layer):
+    """send_group to many members of one process: the compact layout stores one
+    entry naming them all and the receiving threads share its fan-out."""
+    members, rounds = 50, TOTAL // 50
+    for n in range(members):
+        big_layer.group_add("fan", f"fan.proc!{n}")
+    results = defaultdict(list)
+    receivers = [
+        threading.Thread(target=_drain, args=(big_layer, ["fan.proc!"], members * rounds // 3, results, f"r{n}"))
+        for n in range(3)
+    ]
+    for thread in receivers:
+        thread.start()
+    for seq in range(rounds):
+        big_layer.send_group("fan", {"sender": "group", "seq": seq})
+    for thread in receivers:
+        thread.join(120)
+    received = [item for n in range(3) for item in results[f"r{n}"]]
+    while True:
+        channel, message = big_layer.receive(["fan.proc!"])
+        if channel is None:
+            break
+        received.append((channel, message["sender"], message["seq"]))
+    per_member = Counter((channel, seq) for channel, _, seq in received)
+    assert max(per_member.values()) == 1, "a member got a message twice"
+    assert len(per_member) == members * rounds, f"lost {members * rounds - len(per_member)}"

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from .layer_conformance import LayerConformance
+from .layer_conformance import LayerConformance, on_layout
 from .servers import serving
 
 
@@ -58,3 +58,22 @@ class TestCapacityMap(LayerConformance):
             "capacity": 100,
             "channel_capacity": {re.compile(r"^cap_"): 5, "capp!": 5, "*": 5},
         }
+
+
+# -- the compact layout (layout="compact"): the same suite, every configuration --
+
+
+class TestCompactPlain(TestPlain):
+    layer_config = on_layout(TestPlain.layer_config, "compact")
+
+
+class TestCompactEncrypted(TestEncrypted):
+    layer_config = on_layout(TestEncrypted.layer_config, "compact")
+
+
+class TestCompactSharded(TestSharded):
+    layer_config = on_layout(TestSharded.layer_config, "compact")
+
+
+class TestCompactCapacityMap(TestCapacityMap):
+    layer_config = on_layout(TestCapacityMap.layer_config, "compact")

@@ -203,6 +203,41 @@ def test_expired_entries_do_not_count_against_capacity(make_layer, raw):
     assert layer.receive(["chan"]) == ("chan", {"n": 3})
 
 
+def _command_calls(client, *names):
+    stats = client.info("commandstats")
+    return [stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names]
+
+
+@pytest.mark.parametrize("capacity", [10, 300])
+def test_refused_send_work_does_not_grow_with_capacity(make_layer, raw, capacity):
+    # 2.0 rescanned the whole queue (LRANGE, then EXISTS per entry) on every
+    # refused send; counted in commands, not time: a busy machine cannot lie about them
+    layer = make_layer(capacity=capacity, expiry=60)
+    for n in range(capacity):
+        layer.send("full", {"n": n})
+    raw.config_resetstat()
+    for _ in range(20):
+        with pytest.raises(layer.ChannelFull):
+            layer.send("full", {})
+    exists, lrange, lindex = _command_calls(raw, "exists", "lrange", "lindex")
+    assert (exists, lrange, lindex) == (20, 0, 20)  # one look at the head entry each
+    assert raw.llen("asgi:full") == capacity
+
+
+def test_dead_entries_are_trimmed_in_bounded_steps(make_layer, raw):
+    layer = make_layer(capacity=150, expiry=1)
+    for n in range(150):
+        layer.send("chan", {"n": n})
+    time.sleep(1.1)  # every body expired; the queue key lives on 1 s more
+    raw.config_resetstat()
+    layer.send("chan", {"n": "new"})  # needs room for one: drops 1 + at most 100 more
+    assert _command_calls(raw, "lpop") == [101]
+    assert raw.llen("asgi:chan") == 150 - 101 + 1
+    layer.send("chan", {"n": "newer"})  # room now: no trimming on an accepted send
+    assert _command_calls(raw, "lpop") == [101]
+    assert layer.receive(["chan"]) == ("chan", {"n": "new"})
+
+
 def test_sharded_capacity_counts_per_shard(redis_shards):
     layer = RedisChannelLayer(hosts=[s.url for s in redis_shards], capacity=2)
     layer.flush()

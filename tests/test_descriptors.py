@@ -42,12 +42,13 @@ def many_descriptors():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-@pytest.fixture
-def two_shards(redis_shards, many_descriptors):
+@pytest.fixture(params=["classic", "compact"])
+def two_shards(request, redis_shards, many_descriptors):
     made = []
 
     def build(cls=RedisChannelLayer, **config):
         config.setdefault("hosts", [server.url for server in redis_shards])
+        config.setdefault("layout", request.param)
         layer = cls(expiry=2, **config)
         layer.blpop_timeout = 3
         layer.extension_receive_timeout = 3

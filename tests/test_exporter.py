@@ -148,6 +148,28 @@ def test_figures_match_the_state_on_one_redis(exp_layer, serve, raw):
     assert value(after, "asgi_redis_channel_pending_messages", channel="http.request") == 2
 
 
+def test_the_compact_layout(exp_layer, serve):
+    layer = exp_layer(layout="compact", channel_capacity={"small": 1})
+    for number in range(3):
+        layer.send("http.request", {"n": number})
+    layer.send("daphne.response.abc!one", {})
+    layer.send("small", {})
+    with pytest.raises(layer.ChannelFull):
+        layer.send("small", {})
+    layer.group_add("chat", "daphne.response.abc!one")
+    layer.group_add("chat", "daphne.response.abc!two")
+    samples = scrape(serve(layer))
+    assert labelled(samples, "asgi_redis_channel_pending_messages", "channel") == {
+        "http.request": 3, "daphne.response.abc!": 1, "small": 1,
+    }
+    assert 0 <= value(samples, "asgi_redis_channel_oldest_message_age_seconds", channel="http.request") < 30
+    assert labelled(samples, "asgi_redis_group_members", "group") == {"chat": 2}
+    assert value(samples, "asgi_redis_messages_count") == 5
+    assert value(samples, "asgi_redis_channel_full_count") == 1
+    assert value(samples, "asgi_redis_channel_messages_count", channel="http.request") == 3
+    assert value(samples, "asgi_redis_channel_channel_full_count", channel="small") == 1
+
+
 def test_a_channel_known_only_by_its_counters_shows_nothing_pending(exp_layer, serve):
     layer = exp_layer()
     layer.send("http.disconnect", {})

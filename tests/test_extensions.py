@@ -32,10 +32,10 @@ def reactor():
     thread.join(10)
 
 
-@pytest.fixture
-def short_layer(make_layer):
+@pytest.fixture(params=["classic", "compact"])
+def short_layer(request, make_layer):
     def build(**config):
-        layer = make_layer(**config)
+        layer = make_layer(**{"layout": request.param, **config})
         layer.extension_receive_timeout = WAIT
         return layer
 

@@ -14,7 +14,7 @@ from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer
 from asgi_redis.receive import waiting
 
 from .helpers import built_layers
-from .layer_conformance import LayerConformance
+from .layer_conformance import LayerConformance, on_layout
 from .servers import RedisProcess, serving
 
 _BODY_KEY = re.compile(r"^asgi:[0-9a-f]{32}$")
@@ -101,8 +101,10 @@ def test_normal_channels_live_on_the_local_server_the_rest_on_remote(make_local,
     assert not [key for key in _keys(local_raw) | _keys(remote_raw) if _BODY_KEY.match(key)]
 
 
-def test_mixed_receive_looks_locally_first_in_one_round_trip(make_local, round_trips):
-    layer = make_local(capacity=50)
+@pytest.mark.parametrize("layout", ["classic", "compact"])
+def test_mixed_receive_looks_locally_first_in_one_round_trip(make_local, round_trips, layout):
+    layer = make_local(capacity=50, layout=layout)
+    layer.receive(["reply?a", "http.request"])  # scripts loaded on both sides before counting
     for n in range(4):
         layer.send("reply?a", {"side": "remote", "n": n})
         layer.send("http.request", {"side": "local", "n": n})
@@ -454,3 +456,32 @@ class TestConformanceAsgirefLocalLayer(LayerConformance):
     @staticmethod
     def layer_config(remote_server):
         return {"hosts": [remote_server.url], "local_layer": "asgiref.inmemory.ChannelLayer"}
+
+
+class TestConformanceLocalHostsCompact(TestConformanceLocalHosts):
+    layer_config = on_layout(TestConformanceLocalHosts.layer_config, "compact")
+
+
+class TestConformanceLocalLayerPathCompact(TestConformanceLocalLayerPath):
+    layer_config = on_layout(TestConformanceLocalLayerPath.layer_config, "compact")
+
+
+def test_compact_send_group_local_and_remote_round_trips(make_local, remote_raw, local_raw, round_trips):
+    layer = make_local(layout="compact")
+    members = ("websocket.send.a", "reply?b", "daphne.response!c", "daphne.response!d")
+    for member in members:
+        layer.group_add("room", member)
+    layer.send_group("room", {"text": "warm-up"})
+    layer.flush()
+    for member in members:
+        layer.group_add("room", member)
+    round_trips.count = 0
+    layer.send_group("room", {"text": "hi"})
+    assert round_trips.count == 3  # read the group, one call on each side
+    assert "asgi:c1{#0}websocket.send.a" in _keys(local_raw)
+    assert {"asgi:c1{reply?b}", "asgi:c1{daphne.response!}"} <= _keys(remote_raw)
+    assert remote_raw.llen("asgi:c1{daphne.response!}") == 1  # one entry for the process's two members
+    assert layer.receive(["websocket.send.a"]) == ("websocket.send.a", {"text": "hi"})
+    assert layer.receive(["reply?b"]) == ("reply?b", {"text": "hi"})
+    assert [layer.receive(["daphne.response!"]) for _ in range(2)] == [
+        ("daphne.response!c", {"text": "hi"}), ("daphne.response!d", {"text": "hi"})]

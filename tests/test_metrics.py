@@ -165,3 +165,15 @@ def test_latency_lands_in_its_bucket(met_layer, registry):
     assert sample(registry, bucket, operation="receive_block", le="+Inf") == 1
     assert sample(registry, "asgi_redis_operation_seconds_sum", operation="receive_block") >= 0.9
     assert sample(registry, bucket, operation="send", le="+Inf") == 0
+
+
+def test_compact_layout_counts_every_member_delivered(met_layer, registry):
+    layer = met_layer(layout="compact", metrics=registry)
+    members = ["daphne.response.p!1", "daphne.response.p!2", "daphne.response.p!3"]
+    for name in members:
+        layer.group_add("room", name)
+    layer.send_group("room", {"text": "hi"})  # one entry for the process, fanned out on receive
+    got = sorted(layer.receive(["daphne.response.p!"])[0] for _ in members)
+    assert got == members
+    assert sample(registry, "asgi_redis_sent_messages_total") == 3
+    assert sample(registry, "asgi_redis_received_messages_total") == 3

@@ -18,7 +18,7 @@ from asgi_redis.connections import shard_index
 from asgi_redis.sentinel import SentinelShards, parse_sentinel_hosts
 
 from .helpers import built_layers, check_send_and_receive_cost_one_round_trip_each
-from .layer_conformance import LayerConformance
+from .layer_conformance import LayerConformance, on_layout
 from .servers import free_port
 from .topology import SentinelTopology
 
@@ -277,9 +277,10 @@ def test_refresh_interval_caches(make_layer):
     assert lookups == ["svc-a", "svc-a"]
 
 
-def test_round_trips(make_layer, round_trips):
+@pytest.mark.parametrize("layout", ["classic", "compact"])
+def test_round_trips(make_layer, round_trips, layout):
     """The core's budgets hold: a warm Sentinel connection costs nothing extra."""
-    layer = make_layer(services=["svc-a"])
+    layer = make_layer(services=["svc-a"], layout=layout)
     layer.send("warm", {})
     layer.receive(["warm"])
     layer.group_add("g", "chan?1")
@@ -493,3 +494,11 @@ def test_master_killed(make_layer, topology, start_receiver, service, refresh):
           f"{woke_after:.2f} s")
     assert woke_after < 10  # its BLPOP would have lasted 30 s
     topology.revive_as_replica(old_master, new)
+
+
+class TestSentinelCompactConformance(TestSentinelConformance):
+    layer_config = on_layout(TestSentinelConformance.layer_config, "compact")
+
+
+class TestSentinelShardedCompactConformance(TestSentinelShardedConformance):
+    layer_config = on_layout(TestSentinelShardedConformance.layer_config, "compact")

@@ -13,6 +13,7 @@ from .base import Layout
 
 LAYOUTS: Dict[str, str] = {
     "classic": "asgi_redis.layouts.classic:ClassicLayout",  # asgi_redis 1.4.3's, the default
+    "compact": "asgi_redis.layouts.compact:CompactLayout",  # cluster-safe, message in its entry
 }
 
 

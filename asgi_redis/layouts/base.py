@@ -35,10 +35,13 @@ Scripts
   ``send_calls(runs) -> list[Call]``  runs of (queue name, [bodies]) bound for
       one server; ``read_send(replies) -> int`` messages refused as full
   ``pop_call(queue_keys) -> Call``    non-blocking pop, tries keys in order;
-      ``read_pop(reply) -> Popped | None``
+      ``read_pop(reply) -> Popped | None`` (the Call's script may be any object
+      run as ``script(client, keys, args)`` / ``await script.call_async(...)``,
+      e.g. compact's plain LPOP / LMPOP)
   ``group_add_ops / group_discard_ops / group_members_ops`` and
       ``read_group_members``; ``channel_stats_ops`` / ``read_channel_stats``;
-      ``global_stats_ops`` / ``read_global_stats``
+      ``global_stats_ops`` / ``read_global_stats`` (``global_stats_pattern``
+      when the counters are spread over keys found by SCAN)
 The blocking wait
   ``after_wait(queue_key, element) -> Popped | None | Call``  the meaning of
       a BLPOP reply: a body (compact: inline), nothing (expired: wait on),
@@ -62,15 +65,29 @@ from ..errors import ChannelLayerError
 from ..scripts import Call, Command, Operation
 
 __all__ = [
-    "Call", "Command", "Operation", "Popped", "LayoutSettings", "LayoutMismatch", "Layout",
+    "Call", "Command", "Operation", "Popped", "GroupEntry", "LayoutSettings", "LayoutMismatch", "Layout",
 ]
 
 
 class Popped(NamedTuple):
-    """A message taken out of Redis, not yet decoded: its queue key and its body."""
+    """A message taken out of Redis, not yet decoded: its queue key and its body.
+
+    ``channel`` is set when the layout knows the receiving channel itself (an
+    entry fanned out to several ``foo!*`` members); else the body names it
+    (``__asgi_channel__``) or the queue key does."""
 
     queue_key: bytes
     body: bytes
+    channel: Optional[str] = None
+
+
+class GroupEntry(NamedTuple):
+    """One send_group entry for the queue of a process (``foo!``): one body for
+    all of ``channels`` (``foo!a``, ``foo!b``, ...), given to ``send_calls``
+    only by a layout with ``fans_out`` set."""
+
+    body: bytes
+    channels: List[str]
 
 
 class LayoutSettings(NamedTuple):
@@ -92,6 +109,9 @@ class Layout:
 
     name: str = ""
     version: int = 0
+    # True: send_group hands this layout one GroupEntry per ``foo!`` queue (a plain
+    # body, the members named beside it) instead of one body naming each member
+    fans_out: bool = False
 
     def __init__(self, settings: LayoutSettings) -> None:
         self.settings = settings
@@ -178,7 +198,13 @@ class Layout:
         """``messages_count``, ``channel_full_count``, ``messages_pending``, ``messages_max_age`` on one server."""
         raise NotImplementedError
 
-    def global_stats_ops(self) -> List[Operation]:
+    def global_stats_pattern(self) -> Optional[str]:
+        """A SCAN pattern of the global counter keys when they are spread (one per
+        hash slot); the core then passes the keys found on a server to
+        ``global_stats_ops``. None (the default): ``global_stats_ops()`` knows them."""
+        return None
+
+    def global_stats_ops(self, keys: Optional[List[bytes]] = None) -> List[Operation]:
         raise NotImplementedError
 
     def read_global_stats(self, replies: List[Any]) -> Dict[str, int]:

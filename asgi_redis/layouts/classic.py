@@ -150,7 +150,7 @@ class ClassicLayout(Layout):
         return {"messages_count": count, "channel_full_count": full,
                 "messages_pending": pending, "messages_max_age": age}
 
-    def global_stats_ops(self) -> List[Operation]:
+    def global_stats_ops(self, keys: Optional[List[bytes]] = None) -> List[Operation]:
         return [Command(("MGET", *(self.stats_key(GLOBAL_STATS_NAME, name) for name in _STATS)))]
 
     def read_global_stats(self, replies: List[Any]) -> Dict[str, int]:

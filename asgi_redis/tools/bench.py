@@ -8,7 +8,10 @@ same run, with the ratio:
 - send + receive pairs/s  vs  RPUSH + LPOP pairs (two round trips each)
 - blocking receive p50/99 vs  BLPOP woken by an RPUSH from another client
 - send_group, M members   vs  ZRANGE, then SET/RPUSH/EXPIRE per member in one pipeline
-- the same with encryption, and over two shards
+- the same with encryption, over two shards, and on the compact layout
+- send_group to 1,000 members of 1 and of 4 processes, on both layouts
+- Redis time per delivered message (INFO commandstats), compact vs classic,
+  and refused vs accepted sends of a full channel at capacity 100/500/2,000
 
 The machine's speed drifts, so ours and raw run in alternating short rounds
 and each ratio is the median of the per-round ratios. Without --url or
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import secrets
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -82,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "them off, in alternating rounds (needs prometheus_client)")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw ours beside the raw limit (needs matplotlib)")
+    parser.add_argument("--channels-redis", metavar="PYTHON",
+                        help="an interpreter with channels_redis 4 installed: its group_send to the "
+                             "same members, on the same Redis, beside the compact layout's send_group")
 
 
 class Bench:
@@ -91,6 +99,8 @@ class Bench:
         self.ops = args.ops or (20 if args.quick else 200)
         self.samples = 10 if args.quick else 150
         self.members = _parse_members(args.members, args.quick)
+        self.process_members = 100 if args.quick else 1000
+        self.channels_redis: Optional[str] = getattr(args, "channels_redis", None)
         self.tag = secrets.token_hex(3)
         base = {**config, "prefix": f"asgi-bench-{self.tag}:", "stats_prefix": f"asgi-bench-meta-{self.tag}:",
                 "capacity": 10 ** 9, "expiry": 60}
@@ -99,6 +109,8 @@ class Bench:
         self.plain = self._layer(base, hosts)
         self.encrypted = self._layer({**base, "symmetric_encryption_keys": ["bench key"]}, hosts)
         self.sharded = self._layer(base, two_shards)
+        self.compact = self._layer({**base, "layout": "compact"}, hosts)
+        self.base_config = base
         self.raw = self.plain.shards.client(0)  # the same pool: same host, same socket options
         self.raw_second = self.sharded.shards.client(1)
         self.trivial_sha = self.raw.script_load(TRIVIAL_SCRIPT)
@@ -121,7 +133,8 @@ class Bench:
     # -- the measures --------------------------------------------------------------
 
     def run(self, report: Callable[[Row], None]) -> List[Row]:
-        for prefix, layer in (("", self.plain), ("encrypted ", self.encrypted), ("2 shards: ", self.sharded)):
+        for prefix, layer in (("", self.plain), ("encrypted ", self.encrypted), ("2 shards: ", self.sharded),
+                              ("compact: ", self.compact)):
             # the raw limit talks to the same servers as the layer, in turn when there are two
             clients = [layer.shards.client(index) for index in range(len(layer.shards))]
             for client in clients:
@@ -135,9 +148,19 @@ class Bench:
             if layer is not self.encrypted:
                 for row in self.blocking_latency(f"{prefix}blocking receive", layer):
                     report(row)
-            sizes = self.members if layer is self.plain else [m for m in self.members if m == 1000][:1]
+            sizes = self.members if layer in (self.plain, self.compact) else [m for m in self.members if m == 1000][:1]
             for members in sizes:
                 report(self.group(f"{prefix}send_group {members:,} members", layer, members))
+        for prefix, layer in (("", self.plain), ("compact: ", self.compact)):
+            for processes in (1, 4):
+                # daphne: every socket of one process is a foo!* channel of its one queue
+                row = self.group(f"{prefix}send_group {self.process_members:,} members of {processes} "
+                                 f"process{'es' if processes > 1 else ''}", layer, self.process_members, processes)
+                report(row)
+                if layer is self.compact and self.channels_redis:
+                    report(self.channels_redis_group(row, processes))
+        for row in self.redis_time():
+            report(row)
         return self.rows
 
     def metrics_cost(self, report: Callable[[Row], None]) -> List[Row]:
@@ -214,13 +237,14 @@ class Bench:
                                       "RPUSH waking a BLPOP", raw_value / ours_value)))
         return rows
 
-    def group(self, name: str, layer: RedisChannelLayer, members: int,
+    def group(self, name: str, layer: RedisChannelLayer, members: int, processes: int = 0,
               against: Optional[RedisChannelLayer] = None) -> Row:
         """send_group to ``members`` against the bare commands, or against the send_group of
         layer ``against`` (on the same prefix, so the same group)."""
         group = f"bench.group{members}"
-        # daphne's reply channels are process-specific (``!``): each member gets its own body
-        names = [f"daphne.response.{self.tag}{i}!{i:06d}" for i in range(members)]
+        # daphne's reply channels are process-specific (``!``): by default each member
+        # is in a process of its own; with ``processes``, members share that many queues
+        names = [f"daphne.response.{self.tag}{i % processes if processes else i}!{i:06d}" for i in range(members)]
         repeats = max(1, min(self.ops // 20, 2000 // members))
         body = layer.serializer.encode(MESSAGE)
         ours_times, raw_times = [], []
@@ -243,6 +267,73 @@ class Bench:
             else "ZRANGE + one pipeline of SET/RPUSH/EXPIRE per member"
         return self._row(name, "ms", [t * 1000 for t in ours_times], [t * 1000 for t in raw_times],
                          raw_label, higher_is_better=False)
+
+    def channels_redis_group(self, ours: Row, processes: int) -> Row:
+        """channels_redis's group_send to as many members in as many processes, same Redis."""
+        url = self.configs[id(self.plain)]["hosts"][0]
+        if not isinstance(url, str):
+            url = f"redis://{url[0]}:{url[1]}"
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "channels_redis_group_send.py")
+        done = subprocess.run(
+            [self.channels_redis, script, url, str(self.process_members), str(processes), str(max(3, self.rounds))],
+            capture_output=True, text=True, timeout=600,
+        )
+        if done.returncode != 0:
+            raise CommandError(f"channels_redis group_send failed: {done.stderr.strip().splitlines()[-1:]}")
+        theirs = json.loads(done.stdout)["ms"]
+        return self._add(Row(f"{ours.name} vs channels_redis", "ms", ours.ours, theirs,
+                             "channels_redis 4 group_send, same members", theirs / ours.ours))
+
+    def redis_time(self) -> List[Row]:
+        """Redis time per delivered message and per refused send, from INFO commandstats
+        (deltas, so other clients' commands on a shared server count too; run it alone)."""
+        client = self.raw
+        rounds = max(1, self.rounds // 3)
+        count = max(20, self.ops)
+        per_message: Dict[str, List[float]] = {"classic": [], "compact": []}
+        for number in range(rounds):
+            for name in ("classic", "compact") if number % 2 == 0 else ("compact", "classic"):
+                layer = self.plain if name == "classic" else self.compact
+                before = _command_usec(client)
+                for _ in range(count):
+                    layer.send("bench.time!a", MESSAGE)
+                    if layer.receive(["bench.time!"])[0] is None:
+                        raise CommandError("benchmark lost a message: receive found nothing right after send")
+                # the compact layout pops with a plain LPOP; classic's LPOP runs inside its script
+                top_level = ("evalsha", "blpop", "lpop", "lmpop") if name == "compact" else ("evalsha", "blpop")
+                per_message[name].append(_usec_since(client, before, top_level) / count)
+                layer.flush()
+        rows = [self._add(Row("Redis time per delivered message (send + receive)", "us",
+                              statistics.median(per_message["compact"]), statistics.median(per_message["classic"]),
+                              "classic layout (1.4.3's)",
+                              statistics.median(per_message["classic"]) / statistics.median(per_message["compact"])))]
+        for name in ("classic", "compact"):
+            for capacity in (100, 500, 2000):
+                rows.append(self._refused_send(name, capacity, client))
+        return rows
+
+    def _refused_send(self, name: str, capacity: int, client: redis.Redis) -> Row:
+        layer = build_layer(RedisChannelLayer, {**self.configs[id(self.plain)], "layout": name,
+                                                "capacity": capacity})
+        try:
+            layer.flush()
+            before = _command_usec(client)
+            for _ in range(capacity):
+                layer.send("bench.full", MESSAGE)
+            accepted = _usec_since(client, before, ("evalsha",)) / capacity
+            refusals = max(20, self.ops)
+            before = _command_usec(client)
+            for _ in range(refusals):
+                try:
+                    layer.send("bench.full", MESSAGE)
+                except layer.ChannelFull:
+                    pass
+            refused = _usec_since(client, before, ("evalsha",)) / refusals
+        finally:
+            layer.flush()
+            layer.close()
+        return self._add(Row(f"{name} layout: refused send, capacity {capacity:,}", "us", refused, accepted,
+                             "accepted send", accepted / refused))
 
     def _fill_group(self, layer: RedisChannelLayer, group: str, names: List[str]) -> None:
         # one ZADD instead of a group_add per member: setup time is not what we measure
@@ -345,6 +436,22 @@ def targets(rows: Sequence[Row]) -> List[str]:
         verdict = "met" if send.ratio >= SEND_TARGET else "NOT met"
         lines.append(f"target: send >= {SEND_TARGET}x a raw EVALSHA round trip: "
                      f"{send.ratio:.2f}x ({verdict})")
+    for name, label in (("compact: send", "compact send >= {:.1f}x a raw EVALSHA round trip"),
+                        ("compact: send + receive pair", "compact send + receive pair >= {:.1f}x RPUSH + LPOP")):
+        row = next((row for row in rows if row.name == name), None)
+        if row:
+            verdict = "met" if row.ratio >= SEND_TARGET else "NOT met"
+            lines.append(f"target: {label.format(SEND_TARGET)}: {row.ratio:.2f}x ({verdict})")
+    for row in rows:
+        if row.name.endswith("vs channels_redis"):
+            verdict = "met" if row.ratio > 1 else "NOT met"
+            lines.append(f"target: {row.name[:-len(' vs channels_redis')]} faster than channels_redis: "
+                         f"{row.ours:.2f} vs {row.raw:.2f} ms ({verdict})")
+    time_row = next((row for row in rows if row.name.startswith("Redis time per delivered")), None)
+    if time_row:
+        verdict = "met" if time_row.ratio >= 2 else "NOT met"
+        lines.append(f"target: compact Redis time per delivered message <= half the classic layout's: "
+                     f"{1 / time_row.ratio:.2f}x ({verdict})")
     group = next((row for row in rows if row.name == "send_group 1,000 members"), None)
     if group:
         verdict = "met" if group.ours < GROUP_TARGET_SECONDS * 1000 else "NOT met"
@@ -356,6 +463,8 @@ def targets(rows: Sequence[Row]) -> List[str]:
 def _figure(value: float, unit: str) -> str:
     if unit == "/s":
         return f"{value:,.0f} /s"
+    if unit == "us":
+        return f"{value:,.1f} us"
     return f"{value:,.2f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
@@ -462,6 +571,17 @@ def _parse_members(text: str, quick: bool) -> List[int]:
     if not sizes or any(size < 1 or size > 100000 for size in sizes):
         raise CommandError(f"--members must list sizes from 1 to 100000, not {text!r}", 2)
     return [size for size in sizes if size <= 100] if quick else sizes
+
+
+def _command_usec(client: redis.Redis) -> Dict[str, int]:
+    return {name: stats["usec"] for name, stats in client.info("commandstats").items()}
+
+
+def _usec_since(client: redis.Redis, before: Dict[str, int], names: Sequence[str]) -> float:
+    """Microseconds Redis spent in the top-level commands ``names`` since ``before``
+    (what a script runs is inside its EVALSHA figure, so it is not counted twice)."""
+    after = _command_usec(client)
+    return float(sum(after.get(f"cmdstat_{name}", 0) - before.get(f"cmdstat_{name}", 0) for name in names))
 
 
 def _alternate(number: int) -> Sequence[str]:

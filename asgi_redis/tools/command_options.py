@@ -48,6 +48,7 @@ def add_layer_options(parser: argparse.ArgumentParser) -> None:
              "imported from the current directory as manage.py would",
     )
     group.add_argument("--alias", default="default", help="CHANNEL_LAYERS alias (default: %(default)s)")
+    group.add_argument("--layout", help="key layout of the layer: classic (1.4.3's, the default) or compact")
 
 
 def layer_config(args: argparse.Namespace) -> Tuple[Type[RedisChannelLayer], Dict[str, Any]]:
@@ -62,6 +63,8 @@ def layer_config(args: argparse.Namespace) -> Tuple[Type[RedisChannelLayer], Dic
         config["prefix"] = args.prefix
     if getattr(args, "stats_prefix", None) is not None:
         config["stats_prefix"] = args.stats_prefix
+    if getattr(args, "layout", None) is not None:
+        config["layout"] = args.layout
     return backend, config
 
 

@@ -31,7 +31,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
 
-from .. import scripts
 from ..connections import ShardSet
 from ..core import RedisChannelLayer
 from ..errors import ChannelLayerError
@@ -199,7 +198,7 @@ class LayerCollector(Collector):
             figures.connected_clients = _info_field(clients, "connected_clients")
             # the global counters, read directly (as the layer's layout keeps them): the key
             # budget must not hide them
-            totals = self.layer.layout.read_global_stats(scripts.run(client, self.layer.layout.global_stats_ops()))
+            totals = self.layer._shard_global_statistics(shards, index)
             figures.global_counters = [totals.get(counter, 0) for counter in _COUNTERS]
             contents = inspection.inspect_shard(
                 self.layer, figures.shard, client, self.max_channels, key_budget=self.key_budget
@@ -230,16 +229,22 @@ class LayerCollector(Collector):
         pattern = glob_escape(self.layer.stats_prefix) + "*"
         for keys in scan_batches(client, pattern, batch=inspection.SCAN_BATCH, key_budget=budget):
             scanned += len(keys)
-            wanted = []
+            strings, hashes = [], []  # classic: a key per counter; compact: a hash of both per queue
             for key in keys:
                 parsed = inspection.statistics_key_channel(self.layer, key)
                 if parsed is not None:
-                    wanted.append((key, parsed))
-            if wanted:
-                values = client.mget([key for key, _ in wanted])
-                for (_, (name, counter)), value in zip(wanted, values):
+                    (hashes if parsed[1] is None else strings).append((key, parsed))
+            if strings:
+                values = client.mget([key for key, _ in strings])
+                for (_, (name, counter)), value in zip(strings, values):
                     if value is not None:  # expired between SCAN and MGET
                         figures.counters.setdefault(name, [0, 0])[_COUNTERS.index(counter)] += int(value)
+            if hashes:
+                pipeline = client.pipeline(transaction=False)
+                for key, _ in hashes:
+                    pipeline.hmget(key, *_COUNTERS)
+                for (_, (name, _)), values in zip(hashes, pipeline.execute()):
+                    _add(figures.counters.setdefault(name, [0, 0]), [int(value or 0) for value in values])
             if scanned >= budget:
                 figures.complete = False
                 break

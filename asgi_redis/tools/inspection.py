@@ -69,7 +69,8 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
     the scan stops after ``key_budget`` keys (default ``limit`` x KEYS_PER_LISTED)."""
     contents = ShardContents(shard=description)
     budget = limit * KEYS_PER_LISTED if key_budget is None else key_budget
-    prefix = layer.prefix
+    compact = layer.layout.name == "compact"
+    prefix = layer.layout.key_prefix if compact else layer.prefix  # compact: only its own keys
     group_prefix = f"{prefix}:group:"
     for keys in _keys_under(client, prefix):
         contents.scanned += len(keys)
@@ -79,8 +80,10 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
             name = key.decode("utf8", "replace")
             kind = kind.decode() if isinstance(kind, bytes) else kind
             if kind == "list":
-                lists.append((key, name[len(prefix):]))
-            elif kind == "zset" and name.startswith(group_prefix):
+                lists.append((key, layer.layout.channel_of(key) if compact else name[len(prefix):]))
+            elif kind == "zset" and compact and layer.layout.group_of(key) is not None:
+                groups.append((key, layer.layout.group_of(key)))
+            elif kind == "zset" and not compact and name.startswith(group_prefix):
                 groups.append((key, name[len(group_prefix):]))
             elif kind == "string":
                 contents.bodies += 1
@@ -108,6 +111,14 @@ def _measure_channels(layer: RedisChannelLayer, client: redis.Redis,
         return []
     replies = _pipelined(client, [cmd for key, _ in lists for cmd in (("llen", key), ("lindex", key, 0))])
     oldest_keys = [replies[2 * i + 1] for i in range(len(lists))]
+    if layer.layout.name == "compact":  # the entry holds its deadline: no body key to ask
+        now = time.time()
+        ages = [layer.layout.entry_age(entry, now) for entry in oldest_keys]
+        return [
+            ChannelInfo(name=name, pending=int(replies[2 * i] or 0),
+                        oldest_age=None if ages[i] is None else round(ages[i], 3))
+            for i, (_, name) in enumerate(lists)
+        ]
     ttls = _pipelined(client, [("pttl", key) for key in oldest_keys if key is not None])
     ttls_iter = iter(ttls)
     found = []
@@ -155,6 +166,8 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
                     names[parsed[0]] = None
             if len(names) >= limit:
                 return sorted(names)[:limit]
+        if layer.layout.name == "compact":
+            continue  # its counter hashes name every channel it has sent to
         for keys in _keys_under(client, layer.prefix):
             for key, kind in zip(keys, _pipelined(client, [("type", key) for key in keys])):
                 name = key.decode("utf8", "replace")[len(layer.prefix):]
@@ -165,8 +178,15 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
     return sorted(names)
 
 
-def statistics_key_channel(layer: RedisChannelLayer, key: bytes) -> Optional[Tuple[str, str]]:
-    """``(channel, counter)`` of a per-channel statistics key, None for any other key."""
+def statistics_key_channel(layer: RedisChannelLayer, key: bytes) -> Optional[Tuple[str, Optional[str]]]:
+    """``(channel, counter)`` of a per-channel statistics key, None for any other key.
+
+    The classic layout keeps each counter in a string key of its own; the
+    compact one keeps both in one hash per queue, given as ``(channel, None)``.
+    """
+    if layer.layout.name == "compact":
+        name = layer.layout.channel_of_stats_key(key)
+        return (name, None) if name is not None and _is_channel_name(name) else None
     rest = key.decode("utf8", "replace")[len(layer.stats_prefix):]
     if rest.startswith(layer.global_stats_key + ":"):
         return None
