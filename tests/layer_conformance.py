@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from typing import Any, Callable
 
 import pytest
@@ -17,6 +18,17 @@ from asgiref import conformance
 from asgi_redis import RedisChannelLayer
 
 from .helpers import LayerBuilder
+
+
+def _class_fixture(function: Callable[..., Any]) -> Any:
+    """A class-scoped autouse fixture that reads its class from ``request.cls``.
+
+    pytest 9 wants class-scoped fixtures to be classmethods, but Python 3.9's
+    classmethod objects have no ``__name__``, which pytest 8 (the last for 3.9)
+    reads: there it stays a plain method."""
+    if sys.version_info < (3, 10):
+        return pytest.fixture(scope="class", autouse=True)(function)
+    return pytest.fixture(scope="class", autouse=True)(classmethod(function))
 
 
 class LayerConformance(conformance.ConformanceTestCase):
@@ -46,9 +58,8 @@ class LayerConformance(conformance.ConformanceTestCase):
     def layer_config() -> dict:
         raise NotImplementedError("a conformance configuration defines layer_config")
 
-    # a plain method, not a classmethod: pytest < 9 cannot make a fixture of a classmethod
-    @pytest.fixture(scope="class", autouse=True)
-    def _class_layer(self, request):
+    @_class_fixture
+    def _class_layer(_, request):
         cls = request.cls
         servers = {name: request.getfixturevalue(name) for name in inspect.signature(cls.layer_config).parameters}
         builder = LayerBuilder(cls.layer_class, expiry=1, group_expiry=2, capacity=cls.capacity_limit or 100)

@@ -148,7 +148,8 @@ class SentinelTopology:
         service can fail over again."""
         server.extra_config = [f"replicaof {master[0]} {master[1]}"]
         server.start()
-        _wait_for(lambda: _link_up(server), 15, "the revived server to sync")
+        # a full resync on a loaded 2-core machine can take a while; the wait polls, so it costs nothing when fast
+        _wait_for(lambda: _link_up(server), 45, "the revived server to sync")
 
     def close(self) -> None:
         for process in self.sentinels + list(self.servers.values()):
