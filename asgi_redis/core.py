@@ -17,7 +17,7 @@ import random
 import string
 import time
 import warnings
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import redis
 
@@ -28,6 +28,7 @@ from .extensions import ExtensionsMixin
 from .keyspace import scan_batches
 from .layouts import get_layout
 from .layouts.base import GroupEntry, Layout, LayoutSettings, Operation, Popped
+from .metrics import instrument, instruments_for
 from .receive import Receive, ServerQuirks
 from .receive.port import Found, Target
 from .serializers import EncryptedSerializer, MsgpackSerializer, UndecodableMessage
@@ -57,6 +58,8 @@ class RedisChannelLayer(ExtensionsMixin):
     shard_poll_interval = 0.02  # per-shard BLPOP slice when servers cannot cancel a wait (Redis < 5)
     global_stats_key = "#global#"  # the classic layout's global statistics name (the CLI reads it)
     new_channel_suffix_length = 12
+    # told (shard description, action) of every LayerConnectionError; the metrics set it
+    _connection_error_hook: Optional[Callable[[str, str], None]] = None
 
     def __init__(
         self,
@@ -71,6 +74,7 @@ class RedisChannelLayer(ExtensionsMixin):
         connection_kwargs: Optional[Dict[str, Any]] = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         layout: str = "classic",
+        metrics: Any = False,
     ) -> None:
         layout_class = get_layout(layout)
         self.expiry = spec.check_positive_int("expiry", expiry)
@@ -105,6 +109,11 @@ class RedisChannelLayer(ExtensionsMixin):
         self._send_turn = itertools.count()
         self._receive_turn = itertools.count()
         self.undecodable_count = 0
+        # in-process instruments (asgi_redis.metrics): off unless asked for, and then
+        # put on this object only, so a layer without them runs the plain methods
+        self.instruments = instruments_for(metrics)
+        if self.instruments is not None:
+            instrument(self, self.instruments)
 
     # -- strategy hooks, replaced by the Sentinel and local layers ---------
 
@@ -205,8 +214,9 @@ class RedisChannelLayer(ExtensionsMixin):
         plain_body = self._encode(message, f"group {group}")
         self._send_to_members(self._group_members(group), message, plain_body)
 
-    def _send_to_members(self, members: List[str], message: Message, plain_body: bytes) -> None:
-        """One script call per shard holding members; the local layer diverts normal ones."""
+    def _send_to_members(self, members: List[str], message: Message, plain_body: bytes) -> int:
+        """One script call per shard holding members; the local layer diverts normal ones.
+        Returns how many members were full (and skipped)."""
         process_members = [channel for channel in members if "!" in channel]
         if self.layout.fans_out:
             # one entry per process queue naming its members; the receiver fans it out
@@ -233,8 +243,12 @@ class RedisChannelLayer(ExtensionsMixin):
             if batch is None:
                 batch = batches[(id(shards), index)] = (shards, index, {})
             batch[2].setdefault(queue, []).append(body)
+        full = 0
         for shards, index, runs in batches.values():
-            self._run(shards, index, "send_group", self.layout.send_calls(list(runs.items())))
+            full += self.layout.read_send(
+                self._run(shards, index, "send_group", self.layout.send_calls(list(runs.items())))
+            )
+        return full
 
     # -- flush and statistics -----------------------------------------------
 
@@ -255,19 +269,22 @@ class RedisChannelLayer(ExtensionsMixin):
     def global_statistics(self) -> Dict[str, int]:
         """``messages_count`` and ``channel_full_count`` summed over every shard."""
         totals = {"messages_count": 0, "channel_full_count": 0}
-        pattern = self.layout.global_stats_pattern()
-        operations = self.layout.global_stats_ops()
         for shards, index in self._sweep():
-            if pattern is not None:  # counters spread over keys (one per hash slot): find them
-                with self._guard(shards, index, "global_statistics"):
-                    keys = [key for batch in scan_batches(shards.client(index), pattern) for key in batch]
-                operations = self.layout.global_stats_ops(keys)
-                if not operations:
-                    continue
-            replies = self._run(shards, index, "global_statistics", operations)
-            for name, value in self.layout.read_global_stats(replies).items():
+            for name, value in self._shard_global_statistics(shards, index).items():
                 totals[name] += value
         return totals
+
+    def _shard_global_statistics(self, shards: ShardSet, index: int) -> Dict[str, int]:
+        """The global counters kept on one shard (the exporter reads them shard by shard)."""
+        pattern = self.layout.global_stats_pattern()
+        operations = self.layout.global_stats_ops()
+        if pattern is not None:  # counters spread over keys (one per hash slot): find them
+            with self._guard(shards, index, "global_statistics"):
+                keys = [key for batch in scan_batches(shards.client(index), pattern) for key in batch]
+            operations = self.layout.global_stats_ops(keys)
+            if not operations:
+                return {}
+        return self.layout.read_global_stats(self._run(shards, index, "global_statistics", operations))
 
     def channel_statistics(self, channel: str) -> Dict[str, int]:
         """Counters, pending messages and oldest age of one channel."""
@@ -392,7 +409,7 @@ class RedisChannelLayer(ExtensionsMixin):
         return channel, message
 
     def _guard(self, shards: ShardSet, index: int, action: str) -> _ConnectionGuard:
-        return _ConnectionGuard(shards, index, action)
+        return _ConnectionGuard(shards, index, action, self._connection_error_hook)
 
     def __repr__(self) -> str:
         shards = [self.shards.describe(index) for index in range(len(self.shards))]
@@ -403,10 +420,11 @@ class _ConnectionGuard:
     """Turns redis-py's connection and timeout errors into LayerConnectionError
     naming the shard, and tells the shard set (Sentinel drops its cached master)."""
 
-    __slots__ = ("shards", "index", "action")
+    __slots__ = ("shards", "index", "action", "on_error")
 
-    def __init__(self, shards: ShardSet, index: int, action: str):
-        self.shards, self.index, self.action = shards, index, action
+    def __init__(self, shards: ShardSet, index: int, action: str,
+                 on_error: Optional[Callable[[str, str], None]] = None):
+        self.shards, self.index, self.action, self.on_error = shards, index, action, on_error
 
     def __enter__(self) -> None:
         return None
@@ -420,13 +438,13 @@ class _ConnectionGuard:
             if reason is not None:
                 raise LayerConnectionError(f"{self.action} failed: {reason}") from error
         if kind is not None and issubclass(kind, (redis.ConnectionError, redis.TimeoutError)):
-            self.shards.connection_failed(self.index)
+            self._failed()
             raise LayerConnectionError(
                 f"{self.action} failed: Redis {self.shards.describe(self.index)} "
                 f"{'did not answer in time' if issubclass(kind, redis.TimeoutError) else 'is unreachable'}: {error}"
             ) from error
         if kind is not None and issubclass(kind, redis.ResponseError) and _has_error_code(error, "READONLY"):
-            self.shards.connection_failed(self.index)
+            self._failed()
             raise LayerConnectionError(
                 f"{self.action} failed: Redis {self.shards.describe(self.index)} is a read-only replica "
                 "(a failover is probably under way)"
@@ -437,6 +455,11 @@ class _ConnectionGuard:
                 "(maxmemory reached and its policy evicts nothing); the write was refused"
             ) from error
         return False
+
+    def _failed(self) -> None:
+        self.shards.connection_failed(self.index)
+        if self.on_error is not None:
+            self.on_error(self.shards.describe(self.index), self.action)
 
 
 def _has_error_code(error: Exception, code: str) -> bool:

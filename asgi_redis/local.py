@@ -157,19 +157,21 @@ class RedisLocalChannelLayer(RedisChannelLayer):
         targets = super()._receive_targets(names)
         return sorted(targets, key=lambda target: target[0] is not self.normal_shards)
 
-    def _send_to_members(self, members: List[str], message: Message, plain_body: bytes) -> None:
+    def _send_to_members(self, members: List[str], message: Message, plain_body: bytes) -> int:
         if self.local_layer is None:
             return super()._send_to_members(members, message, plain_body)
         full_errors = (self.ChannelFull, getattr(self.local_layer, "ChannelFull", self.ChannelFull))
+        full = 0
         for channel in members:
             if not spec.is_directed(channel):
                 try:
                     self.local_layer.send(channel, message)
                 except full_errors:
-                    pass  # send_group skips full members silently
+                    full += 1  # send_group skips full members silently
         remote = [channel for channel in members if spec.is_directed(channel)]
         if remote:
-            super()._send_to_members(remote, message, plain_body)
+            full += super()._send_to_members(remote, message, plain_body)
+        return full
 
     def flush(self) -> None:
         """Empty the Redis side and the local transport."""

@@ -58,6 +58,22 @@ def test_quick_bench_table_with_embedded_servers():
     assert "target: send >= 0.8x a raw EVALSHA round trip" in out
 
 
+def test_quick_metrics_cost_compares_the_layer_with_itself(redis_server):
+    client = redis_server.client()
+    try:
+        before = client.dbsize()
+        result = run_cli("--quick", "--json", "--metrics-cost", "--url", redis_server.url, module="asgi_redis.bench")
+        assert result.returncode == 0, result.stderr
+        assert client.dbsize() == before
+    finally:
+        client.close()
+    rows = json.loads(result.stdout)["rows"]
+    assert [row["name"] for row in rows] == [
+        "send, metrics on", "send + receive pair, metrics on", "send_group 100 members, metrics on",
+    ]
+    assert all(row["raw_label"] == "the same layer, metrics off" and row["ratio"] > 0 for row in rows)
+
+
 def test_plot(tmp_path, redis_server):
     pytest.importorskip("matplotlib")
     path = tmp_path / "bench.png"

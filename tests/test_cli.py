@@ -17,7 +17,7 @@ from .servers import redis_server_binary
 
 PREFIX = "clitest:"
 STATS_PREFIX = "clitest-meta:"
-COMMANDS = ["demo", "stats", "inspect", "flush", "bench"]
+COMMANDS = ["demo", "stats", "inspect", "flush", "bench", "exporter"]
 
 
 def location(*servers):

@@ -61,6 +61,7 @@ MESSAGE = {  # about the size of a Channels 1.x http.request
 TRIVIAL_SCRIPT = b"return 1"
 SEND_TARGET = 0.8
 GROUP_TARGET_SECONDS = 0.030
+METRICS_COST_TARGET = 0.03  # in-process metrics may slow an operation by this fraction at most
 
 
 @dataclass
@@ -81,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", default="10,100,1000,10000",
                         help="group sizes for send_group, comma-separated (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    parser.add_argument("--metrics-cost", action="store_true",
+                        help="instead: the layer with in-process metrics on against the same layer with "
+                             "them off, in alternating rounds (needs prometheus_client)")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw ours beside the raw limit (needs matplotlib)")
     parser.add_argument("--channels-redis", metavar="PYTHON",
@@ -159,6 +163,20 @@ class Bench:
             report(row)
         return self.rows
 
+    def metrics_cost(self, report: Callable[[Row], None]) -> List[Row]:
+        """The same operations with the in-process instruments on ("ours") and off ("raw")."""
+        from prometheus_client import CollectorRegistry
+
+        plain = self.configs[id(self.plain)]
+        counted = self._layer({**plain, "metrics": CollectorRegistry()}, plain["hosts"])
+        off = "the same layer, metrics off"
+        report(self.rate("send, metrics on", counted, lambda i: counted.send("bench.send", MESSAGE),
+                         off, lambda i: self.plain.send("bench.send", MESSAGE)))
+        report(self.rate("send + receive pair, metrics on", counted, lambda i: self._pair(counted),
+                         off, lambda i: self._pair(self.plain)))
+        report(self.group("send_group 100 members, metrics on", counted, 100, against=self.plain))
+        return self.rows
+
     def rate(self, name: str, layer: RedisChannelLayer, ours: Callable[[int], Any],
              raw_label: str, raw: Callable[[int], Any]) -> Row:
         ours_rates, raw_rates = [], []
@@ -219,7 +237,10 @@ class Bench:
                                       "RPUSH waking a BLPOP", raw_value / ours_value)))
         return rows
 
-    def group(self, name: str, layer: RedisChannelLayer, members: int, processes: int = 0) -> Row:
+    def group(self, name: str, layer: RedisChannelLayer, members: int, processes: int = 0,
+              against: Optional[RedisChannelLayer] = None) -> Row:
+        """send_group to ``members`` against the bare commands, or against the send_group of
+        layer ``against`` (on the same prefix, so the same group)."""
         group = f"bench.group{members}"
         # daphne's reply channels are process-specific (``!``): by default each member
         # is in a process of its own; with ``processes``, members share that many queues
@@ -235,13 +256,17 @@ class Bench:
                 for _ in range(repeats):
                     if which == "ours":
                         layer.send_group(group, MESSAGE)
+                    elif against is not None:
+                        against.send_group(group, MESSAGE)
                     else:
                         self._raw_group(layer, group, body)
                 elapsed = (time.perf_counter() - started) / repeats
                 (ours_times if which == "ours" else raw_times).append(elapsed)
         layer.flush()
+        raw_label = "the same layer, metrics off" if against is not None \
+            else "ZRANGE + one pipeline of SET/RPUSH/EXPIRE per member"
         return self._row(name, "ms", [t * 1000 for t in ours_times], [t * 1000 for t in raw_times],
-                         "ZRANGE + one pipeline of SET/RPUSH/EXPIRE per member", higher_is_better=False)
+                         raw_label, higher_is_better=False)
 
     def channels_redis_group(self, ours: Row, processes: int) -> Row:
         """channels_redis's group_send to as many members in as many processes, same Redis."""
@@ -401,6 +426,11 @@ def render(rows: Sequence[Row]) -> str:
 
 def targets(rows: Sequence[Row]) -> List[str]:
     lines = []
+    for row in rows:
+        if row.name.endswith(", metrics on"):
+            verdict = "met" if row.ratio >= 1 - METRICS_COST_TARGET else "NOT met"
+            lines.append(f"target: {row.name[:-len(', metrics on')]} with metrics on within "
+                         f"{METRICS_COST_TARGET:.0%} of off: {row.ratio:.3f}x ({verdict})")
     send = next((row for row in rows if row.name == "send"), None)
     if send:
         verdict = "met" if send.ratio >= SEND_TARGET else "NOT met"
@@ -508,7 +538,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(title, flush=True)
             print("(measuring; one line per figure)", flush=True)
-        rows = bench.run(lambda row: None if args.json else print(
+        measure = bench.metrics_cost if args.metrics_cost else bench.run
+        rows = measure(lambda row: None if args.json else print(
             f"  {row.name}: {_figure(row.ours, row.unit)} vs {_figure(row.raw, row.unit)} "
             f"raw, {row.ratio:.2f}x", flush=True))
         if args.json:

@@ -1,7 +1,7 @@
 """``asgi-redis`` / ``python -m asgi_redis``: look inside a layer, empty it,
 watch it work, measure it.
 
-Subcommands: demo, stats, inspect, flush, bench. Each finds its layer with
+Subcommands: demo, stats, inspect, flush, bench, exporter. Each finds its layer with
 --url (repeat for shards) and --prefix, or --settings/--alias to read a
 Django project's CHANNEL_LAYERS. Failures are one line on stderr; the exit
 status is 2 for a usage error, 1 for a runtime error.
@@ -24,6 +24,8 @@ from .command_options import (
     OneLineErrorParser,
     add_layer_options,
     layer_from_args,
+    positive_float,
+    positive_int,
     run_command,
 )
 from .output import format_table
@@ -35,7 +37,7 @@ _STAT_COLUMNS = ("messages_count", "messages_pending", "messages_max_age", "chan
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog=PROG,
-        description="Operate an asgi_redis channel layer: demo, stats, inspect, flush, bench.",
+        description="Operate an asgi_redis channel layer: demo, stats, inspect, flush, bench, exporter.",
         epilog="Run 'asgi-redis COMMAND --help' for the options of one command.",
     )
     parser.add_argument("--version", action="version", version=f"asgi_redis {__version__}")
@@ -60,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_layer_options(stats)
     stats.add_argument("--json", action="store_true", help="print JSON (one object per refresh)")
-    stats.add_argument("--watch", nargs="?", type=_positive_float, const=2.0, metavar="SECONDS",
+    stats.add_argument("--watch", nargs="?", type=positive_float, const=2.0, metavar="SECONDS",
                        help="refresh every SECONDS (default 2) until interrupted")
-    stats.add_argument("--count", type=_positive_int, metavar="N",
+    stats.add_argument("--count", type=positive_int, metavar="N",
                        help="with --watch: stop after N refreshes")
-    stats.add_argument("--limit", type=_positive_int, default=50,
+    stats.add_argument("--limit", type=positive_int, default=50,
                        help="at most this many channels (default 50)")
     stats.set_defaults(func=command_stats)
 
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_layer_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print JSON")
-    inspect.add_argument("--limit", type=_positive_int, default=100,
+    inspect.add_argument("--limit", type=positive_int, default=100,
                          help="at most this many channels and groups per shard (default 100); "
                               "the scan also stops after LIMIT x 1000 keys")
     inspect.set_defaults(func=command_inspect)
@@ -98,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_arguments as add_bench_arguments
     add_bench_arguments(bench)
     bench.set_defaults(func=_command_bench)
+
+    exporter = commands.add_parser(
+        "exporter", help="serve the layer's state as Prometheus metrics on /metrics",
+        description="Serve /metrics for Prometheus: pending messages and oldest age per channel, "
+                    "members per group, the statistics counters, per shard up, round trip, memory "
+                    "and clients. Each scrape walks Redis with SCAN within a key budget, one at a "
+                    "time. Needs the 'metrics' extra (prometheus_client).",
+    )
+    add_layer_options(exporter)
+    from .exporter import add_arguments as add_exporter_arguments
+    add_exporter_arguments(exporter)
+    exporter.set_defaults(func=_command_exporter)
     return parser
 
 
@@ -105,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.error("choose a command: demo, stats, inspect, flush or bench")
+        parser.error("choose a command: demo, stats, inspect, flush, bench or exporter")
     return run_command(f"{PROG} {args.command}", args.func, args)
 
 
@@ -263,6 +277,11 @@ def _command_bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _command_exporter(args: argparse.Namespace) -> int:
+    from .exporter import run
+    return run(args)
+
+
 # -- helpers ----------------------------------------------------------------------
 
 
@@ -278,26 +297,6 @@ def _warn_if_wrong_prefix(layer: RedisChannelLayer, prefix_empty: bool, stats_em
 
 def _plural(count: int, word: str, plural: Optional[str] = None) -> str:
     return f"{count:,} {word if count == 1 else (plural or word + 's')}"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
 
 
 if __name__ == "__main__":  # pragma: no cover

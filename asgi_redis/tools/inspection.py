@@ -64,9 +64,11 @@ def _keys_under(client: redis.Redis, prefix: str, batch: int = SCAN_BATCH) -> It
 
 
 def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redis,
-                  limit: int) -> ShardContents:
-    """Channels (pending, oldest age) and groups (members) on one shard, up to ``limit`` of each."""
+                  limit: int, key_budget: Optional[int] = None) -> ShardContents:
+    """Channels (pending, oldest age) and groups (members) on one shard, up to ``limit`` of each;
+    the scan stops after ``key_budget`` keys (default ``limit`` x KEYS_PER_LISTED)."""
     contents = ShardContents(shard=description)
+    budget = limit * KEYS_PER_LISTED if key_budget is None else key_budget
     compact = layer.layout.name == "compact"
     prefix = layer.layout.key_prefix if compact else layer.prefix  # compact: only its own keys
     group_prefix = f"{prefix}:group:"
@@ -92,7 +94,7 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
         # enough of both, or a keyspace so large (mostly message bodies) that walking
         # all of it would take long: stop, and say the listing may be partial
         if (len(contents.channels) >= limit and len(contents.groups) >= limit) \
-                or contents.scanned >= limit * KEYS_PER_LISTED:
+                or contents.scanned >= budget:
             contents.complete = False
             break
     contents.channels.sort(key=lambda channel: (-channel.pending, channel.name))
@@ -156,19 +158,16 @@ def _pipelined(client: redis.Redis, commands: List[tuple]) -> List[Any]:
 def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
     """Channel names that have statistics counters or a queue, at most ``limit``."""
     names: Dict[str, None] = {}
-    global_part = layer.global_stats_key + ":"
-    if layer.layout.name == "compact":
-        return _compact_statistics_channels(layer, limit)
     for _, client in shards_of(layer):
         for keys in _keys_under(client, layer.stats_prefix):
             for key in keys:
-                rest = key.decode("utf8", "replace")[len(layer.stats_prefix):]
-                for suffix in _STATS_SUFFIXES:
-                    name = rest[: -len(suffix)]
-                    if rest.endswith(suffix) and not rest.startswith(global_part) and _is_channel_name(name):
-                        names[name] = None
+                parsed = statistics_key_channel(layer, key)
+                if parsed is not None:
+                    names[parsed[0]] = None
             if len(names) >= limit:
                 return sorted(names)[:limit]
+        if layer.layout.name == "compact":
+            continue  # its counter hashes name every channel it has sent to
         for keys in _keys_under(client, layer.prefix):
             for key, kind in zip(keys, _pipelined(client, [("type", key) for key in keys])):
                 name = key.decode("utf8", "replace")[len(layer.prefix):]
@@ -179,18 +178,23 @@ def statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
     return sorted(names)
 
 
-def _compact_statistics_channels(layer: RedisChannelLayer, limit: int) -> List[str]:
-    """The same for the compact layout: its counter hashes are named as their queues."""
-    names: Dict[str, None] = {}
-    for _, client in shards_of(layer):
-        for keys in _keys_under(client, layer.stats_prefix):
-            for key in keys:
-                name = layer.layout.channel_of_stats_key(key)
-                if name is not None and _is_channel_name(name):
-                    names[name] = None
-            if len(names) >= limit:
-                return sorted(names)[:limit]
-    return sorted(names)[:limit]
+def statistics_key_channel(layer: RedisChannelLayer, key: bytes) -> Optional[Tuple[str, Optional[str]]]:
+    """``(channel, counter)`` of a per-channel statistics key, None for any other key.
+
+    The classic layout keeps each counter in a string key of its own; the
+    compact one keeps both in one hash per queue, given as ``(channel, None)``.
+    """
+    if layer.layout.name == "compact":
+        name = layer.layout.channel_of_stats_key(key)
+        return (name, None) if name is not None and _is_channel_name(name) else None
+    rest = key.decode("utf8", "replace")[len(layer.stats_prefix):]
+    if rest.startswith(layer.global_stats_key + ":"):
+        return None
+    for suffix in _STATS_SUFFIXES:
+        name = rest[: -len(suffix)]
+        if rest.endswith(suffix) and _is_channel_name(name):
+            return name, suffix[1:]
+    return None
 
 
 def _is_channel_name(name: str) -> bool:
