@@ -109,7 +109,9 @@ class _PlainPop:
         return found if _live(found[1], _now_ms()) else _USE_SCRIPT
 
     def _learn(self, error: Exception) -> Any:
-        if "unknown command" in str(error).lower() and self.lmpop:
+        # not gated on self.lmpop: threads that sent LMPOP before the first of
+        # them learnt get the same refusal, and the script serves them too
+        if "unknown command" in str(error).lower():
             self.lmpop = False  # Redis < 7: the script from now on
             return _USE_SCRIPT
         raise error

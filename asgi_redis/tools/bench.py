@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import re
 import secrets
 import statistics
 import subprocess
@@ -477,8 +478,9 @@ def plot(rows: Sequence[Row], path: str, title: str) -> None:
         raise CommandError("--plot needs matplotlib: pip install 'asgi_redis[plot]'") from None
     rates = [row for row in rows if row.unit == "/s"]
     latencies = [row for row in rows if "blocking" in row.name]
-    groups = [row for row in rows
-              if "send_group" in row.name and not row.name.startswith(("2 shards", "encrypted"))]
+    # the classic layout's size series only ("send_group 1,000 members"), not the
+    # compact, per-process, sharded, encrypted or metrics rows beside it
+    groups = [row for row in rows if re.fullmatch(r"send_group [\d,]+ members", row.name)]
     figure, axes = pyplot.subplots(1, 3, figsize=(17, 5.5))
     for axis, chosen, label in ((axes[0], rates, "operations per second (higher is better)"),
                                 (axes[1], latencies, "milliseconds (lower is better)")):
