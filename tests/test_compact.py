@@ -8,6 +8,7 @@ import time
 import pytest
 
 from asgi_redis import RedisChannelLayer, scripts
+from asgi_redis.layouts import compact as compact_layout
 from asgi_redis.layouts import get_layout
 from asgi_redis.layouts.base import Call, LayoutMismatch, LayoutSettings
 from asgi_redis.layouts.compact import FANOUT_CHUNK
@@ -451,10 +452,15 @@ def test_pop_over_several_queues_skips_expired_entries(compact, raw, lmpop):
 def test_pop_learns_that_lmpop_is_missing(compact, raw):
     pop = compact.layout._plain_pop
     error = __import__("redis").ResponseError("ERR unknown command 'LMPOP', with args beginning with: ")
-    pop._learn(error)
+    assert pop._learn(error) is compact_layout._USE_SCRIPT
     assert not pop.lmpop
-    with pytest.raises(type(error)):
-        pop._learn(error)  # learned once; a second such error is real
+    assert pop._command([b"a", b"b"]) is None  # the script from now on
+    # another thread's LMPOP, sent before the first refusal was learnt, is refused
+    # too: the script answers it as well (it used to raise in that thread)
+    assert pop._learn(error) is compact_layout._USE_SCRIPT
+    other = __import__("redis").ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    with pytest.raises(type(other)):
+        pop._learn(other)  # any other error is real
 
 
 def test_fan_out_through_receive_async(compact):
