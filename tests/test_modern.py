@@ -106,7 +106,7 @@ def test_group_send_reaches_every_member(pair, config, redis_server, size):
     assert queued_messages(redis_server) == 0
 
 
-def test_our_group_add_is_honoured_by_their_group_send(pair, config):
+def test_our_group_add_is_honoured_by_their_group_send(pair, config, redis_server):
     client, layer = pair(**config)
     stays, leaves = new_channels(layer, 2)
     client.group_add("news", stays)
@@ -117,11 +117,11 @@ def test_our_group_add_is_honoured_by_their_group_send(pair, config):
     run(layer.group_send("news", {"type": "news", "id": 7}))
     assert receive_all(layer, [stays, "worker.news"]) == [{"type": "news", "id": 7}] * 2
 
-    async def nothing_for_leaver():
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(layer.receive(leaves), 0.3)
-
-    run(nothing_for_leaver())
+    # nothing for the leaver, neither in Redis nor in the layer's buffer of channels
+    # received for others (cancelling a waiting channels_redis receive, as a timeout
+    # would, can stall under load)
+    assert queued_messages(redis_server) == 0
+    assert layer.receive_buffer[leaves].empty()
 
 
 def test_our_group_send_after_their_group_discard(pair):

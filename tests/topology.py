@@ -9,6 +9,7 @@ by its own pid.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Dict, List, Sequence, Tuple
 
 import redis
@@ -148,8 +149,14 @@ class SentinelTopology:
         service can fail over again."""
         server.extra_config = [f"replicaof {master[0]} {master[1]}"]
         server.start()
-        # a full resync on a loaded 2-core machine can take a while; the wait polls, so it costs nothing when fast
-        _wait_for(lambda: _link_up(server), 45, "the revived server to sync")
+        # A full resync on a loaded 2-core machine can take a while (once, on
+        # Valkey 8.1 under CI load, longer than 45 s). The test that killed it has
+        # made its assertions by now; a later test needing this replica waits in
+        # wait_healthy, so a slow resync is only reported here.
+        try:
+            _wait_for(lambda: _link_up(server), 45, "the revived server to sync")
+        except RuntimeError as slow:
+            warnings.warn(f"{slow}; later tests wait for the topology to heal", stacklevel=2)
 
     def close(self) -> None:
         for process in self.sentinels + list(self.servers.values()):
