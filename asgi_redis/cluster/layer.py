@@ -161,7 +161,8 @@ class RedisClusterChannelLayer(RedisChannelLayer):
     discovered. The other keywords are the plain layer's; ``buckets`` is how
     many bucket slots normal channels are spread over (the same in every
     process of a site); ``tryagain_timeout`` bounds how long a call waits out
-    TRYAGAIN during a migration. The data layout is always the compact one
+    TRYAGAIN during a migration; ``metrics`` turns on the in-process
+    instruments as on the plain layer. The data layout is always the compact one
     (``layout`` accepts only "compact").
     """
 
@@ -183,6 +184,7 @@ class RedisClusterChannelLayer(RedisChannelLayer):
         layout: str = "compact",
         buckets: int = DEFAULT_BUCKETS,
         tryagain_timeout: float = 2.0,
+        metrics: Any = False,
     ) -> None:
         if layout != "compact":
             raise ValueError(
@@ -198,7 +200,7 @@ class RedisClusterChannelLayer(RedisChannelLayer):
             expiry=expiry, hosts=hosts, prefix=prefix, group_expiry=group_expiry, capacity=capacity,
             channel_capacity=channel_capacity, symmetric_encryption_keys=symmetric_encryption_keys,
             stats_prefix=stats_prefix, connection_kwargs=connection_kwargs,
-            max_message_size=max_message_size, layout="compact",
+            max_message_size=max_message_size, layout="compact", metrics=metrics,
         )
 
     # -- the parts swapped into the core ---------------------------------------------
