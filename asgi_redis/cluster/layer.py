@@ -30,6 +30,7 @@ from ..connections import ShardSet
 from ..core import DEFAULT_MAX_MESSAGE_SIZE, RedisChannelLayer
 from ..errors import LayerConnectionError
 from ..keyspace import scan_batches
+from ..layouts.base import Layout, LayoutSettings
 from ..receive.port import Target
 from ..scripts import LuaScript, Operation
 from .keyslot import SLOT_COUNT, key_slot
@@ -205,11 +206,12 @@ class RedisClusterChannelLayer(RedisChannelLayer):
 
     # -- the parts swapped into the core ---------------------------------------------
 
+    def _create_layout(self, name: str, settings: LayoutSettings) -> Layout:
+        # the compact layout made cluster-ready (__init__ allows no other name); its
+        # primary buckets are read from the router's slot map, built next by _create_shards
+        return ClusterLayout(settings, self._buckets, self._primary_tags)
+
     def _create_shards(self, hosts: Optional[Sequence[Any]]) -> ShardSet:
-        # the compact layout, made cluster-ready: the core built a CompactLayout from
-        # layout="compact"; this one keeps its settings
-        self.layout = ClusterLayout(self.layout.settings, self._buckets, self._primary_tags)
-        self._receive_port.layout = self.layout
         self.router = ClusterRouter(hosts if hosts is not None else self.default_hosts,
                                     self.connection_kwargs, tryagain_timeout=self._tryagain_timeout)
         self.slots = SlotShards(self.router)
