@@ -76,7 +76,7 @@ class RedisChannelLayer(ExtensionsMixin):
         layout: str = "classic",
         metrics: Any = False,
     ) -> None:
-        layout_class = get_layout(layout)
+        get_layout(layout)  # an unknown name is refused before anything else is checked
         self.expiry = spec.check_positive_int("expiry", expiry)
         self.group_expiry = spec.check_positive_int("group_expiry", group_expiry)
         self.capacity = spec.check_positive_int("capacity", capacity)
@@ -96,7 +96,7 @@ class RedisChannelLayer(ExtensionsMixin):
             self.serializer = EncryptedSerializer(
                 self.serializer, symmetric_encryption_keys, ttl=self.expiry + 10
             )
-        self.layout: Layout = layout_class(LayoutSettings(
+        self.layout: Layout = self._create_layout(layout, LayoutSettings(
             self.prefix, self.stats_prefix, self.expiry, self.group_expiry, self.channel_capacity.for_channel
         ))
         self.quirks = ServerQuirks()  # what the servers turned out not to support
@@ -115,7 +115,11 @@ class RedisChannelLayer(ExtensionsMixin):
         if self.instruments is not None:
             instrument(self, self.instruments)
 
-    # -- strategy hooks, replaced by the Sentinel and local layers ---------
+    # -- strategy hooks, replaced by the Sentinel, local and cluster layers ---------
+
+    def _create_layout(self, name: str, settings: LayoutSettings) -> Layout:
+        """The key layout called ``name`` (checked by ``get_layout``), built once, before the shards."""
+        return get_layout(name)(settings)
 
     def _create_shards(self, hosts: Optional[Sequence[Any]]) -> ShardSet:
         """The shards for ``?``/``!`` channels and groups."""

@@ -303,3 +303,20 @@ def test_unreachable_cluster_is_a_layer_connection_error():
             layer.send("x", {})
     finally:
         layer.close()
+
+
+def test_the_cluster_layout_is_the_only_one_built(make_layer, monkeypatch):
+    from asgi_redis.cluster.layout import ClusterLayout
+    from asgi_redis.layouts.compact import CompactLayout
+
+    built = []
+    original = CompactLayout.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(type(self))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CompactLayout, "__init__", counting)
+    layer = make_layer()
+    assert built == [ClusterLayout]  # no plain CompactLayout built, then replaced
+    assert isinstance(layer.layout, ClusterLayout) and layer._receive_port.layout is layer.layout

@@ -531,3 +531,20 @@ def test_send_group_in_chunks_keeps_every_member(make_layer, monkeypatch):
     got = {layer.receive(["proc!"])[0] for _ in range(20)}
     assert got == set(members[:20])
     assert all(layer.receive([f"plain{n}"]) == (f"plain{n}", {"n": 1}) for n in range(5))
+
+
+def test_a_subclass_builds_its_own_layout_once(redis_server):
+    built = []
+
+    class Custom(RedisChannelLayer):
+        def _create_layout(self, name, settings):
+            layout = super()._create_layout(name, settings)
+            built.append((name, layout))
+            return layout
+
+    layer = Custom(hosts=[redis_server.url], prefix="layouthook:", layout="compact")
+    try:
+        assert built == [("compact", layer.layout)]
+        assert layer.layout.name == "compact" and layer._receive_port.layout is layer.layout
+    finally:
+        layer.close()

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from asgi_redis import RedisChannelLayer, RedisSentinelChannelLayer
+from asgi_redis import RedisChannelLayer, RedisClusterChannelLayer, RedisSentinelChannelLayer
+from asgi_redis.cluster.keyslot import key_slot
 from asgi_redis.tools.exporter import ChannelFolding, LayerCollector, MetricsServer, parse_listen
 
 from .helpers import ROOT, LayerBuilder, cli_environment
@@ -383,6 +384,87 @@ def test_sentinel_layer(serve):
     assert value(samples, "asgi_redis_group_members", group="room") == 1
     (shard, up), = labelled(samples, "asgi_redis_shard_up", "shard").items()
     assert up == 1 and shard.startswith("service 'svc-x'"), shard
+
+
+# -- a Redis Cluster ---------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_layers(redis_cluster):
+    """``build(**config)``: cluster layers under the test prefix, flushed before and after."""
+    built = []
+
+    def build(**config):
+        layer = RedisClusterChannelLayer(hosts=[redis_cluster.url], prefix=PREFIX, stats_prefix=STATS_PREFIX,
+                                         group_expiry=60, **config)
+        if not built:
+            layer.flush()
+        built.append(layer)
+        return layer
+
+    yield build
+    if built:
+        built[0].flush()
+    for layer in built:
+        layer.close()
+
+
+def test_cluster_layer_summed_over_masters(cluster_layers, redis_cluster, serve):
+    layer = cluster_layers(expiry=60)
+    slot_map = layer.router.slot_map
+    owner = {tag: slot_map.owner(key_slot(tag)) for tag in layer.layout.bucket_tags}
+    primary = layer.layout.bucket_of("http.request")
+    same_master = next(t for t in layer.layout.bucket_tags if t != primary and owner[t] == owner[primary])
+    other_master = next(t for t in layer.layout.bucket_tags if owner[t] != owner[primary])
+    # messages of one channel in three buckets, two on one master and one on another: where
+    # processes that read an older slot map sent them (a resharding moved the primary buckets).
+    # The first one's expiry is shorter: to this layer (expiry 60) its message looks 25 s old.
+    older_map = cluster_layers(expiry=35)
+    older_map.layout.primary_tags = lambda: [same_master]
+    older_map.send("http.request", {"n": 0})
+    other_map = cluster_layers(expiry=60)
+    other_map.layout.primary_tags = lambda: [other_master]
+    for number in range(3):
+        other_map.send("http.request", {"n": number})
+    for number in range(2):
+        layer.send("http.request", {"n": number})
+    for tag, pending in ((primary, 2), (same_master, 1), (other_master, 3)):
+        assert layer.router.client(owner[tag]).llen(layer.layout.queue_key("http.request", tag)) == pending
+    names = [f"work{n}" for n in range(12)]
+    for name in names:
+        layer.send(name, {})
+    assert len({owner[layer.layout.bucket_of(name)] for name in names}) == 3  # on every master
+    layer.send("daphne.response.abc!one", {})
+    layer.send("daphne.response.abc!two", {})
+    for number in range(3):
+        layer.group_add("chat", f"daphne.response.abc!m{number}")
+    layer.group_add("lobby", "daphne.response.abc!m0")
+    masters = {layer.slots.describe(slot) for slot in layer.slots.master_slots()}
+    assert len(masters) == 3
+
+    def check(samples):
+        assert labelled(samples, "asgi_redis_channel_pending_messages", "channel") == {
+            "http.request": 6, "daphne.response.abc!": 2, **{name: 1 for name in names},
+        }
+        assert 24 <= value(samples, "asgi_redis_channel_oldest_message_age_seconds", channel="http.request") <= 40
+        assert 0 <= value(samples, "asgi_redis_channel_oldest_message_age_seconds", channel="work0") < 20
+        assert labelled(samples, "asgi_redis_group_members", "group") == {"chat": 3, "lobby": 1}
+        assert value(samples, "asgi_redis_messages_count") == 6 + 12 + 2
+        assert value(samples, "asgi_redis_channel_messages_count", channel="http.request") == 6
+        assert labelled(samples, "asgi_redis_shard_up", "shard") == {shard: 1 for shard in masters}
+        assert labelled(samples, "asgi_redis_scrape_truncated", "shard") == {shard: 0 for shard in masters}
+        assert labelled(samples, "asgi_redis_shard_round_trip_seconds", "shard").keys() == masters
+        assert all(v > 0 for v in labelled(samples, "asgi_redis_scrape_keys_scanned", "shard").values())
+
+    check(scrape(serve(layer)))
+    # the command line finds the cluster from any one node's URL
+    process = run_exporter("--url", redis_cluster.nodes[2].url, "--prefix", PREFIX, "--stats-prefix", STATS_PREFIX,
+                           "--listen", "127.0.0.1:0", "--min-interval", "0")
+    try:
+        check(scrape(served_url(process)))
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 # -- the command line -----------------------------------------------------------

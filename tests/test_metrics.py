@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from asgi_redis import RedisChannelLayer
+from asgi_redis import RedisChannelLayer, RedisClusterChannelLayer
 from asgi_redis.errors import LayerConnectionError
 from asgi_redis.local import RedisLocalChannelLayer
 
@@ -177,3 +177,40 @@ def test_compact_layout_counts_every_member_delivered(met_layer, registry):
     assert got == members
     assert sample(registry, "asgi_redis_sent_messages_total") == 3
     assert sample(registry, "asgi_redis_received_messages_total") == 3
+
+
+
+@pytest.fixture
+def cluster_met_layer(redis_cluster):
+    """``cluster_met_layer(**config)``: RedisClusterChannelLayer under the test prefix."""
+    yield from built_layers(RedisClusterChannelLayer, hosts=[redis_cluster.url], prefix=PREFIX,
+                            stats_prefix=STATS_PREFIX, expiry=60)
+
+
+def test_cluster_layer_is_counted(cluster_met_layer, registry):
+    layer = cluster_met_layer(metrics=registry, channel_capacity={"small": 1})
+    assert layer.instruments is not None
+    names = [f"work{n}" for n in range(6)]  # normal channels, on several masters' buckets
+    assert len({layer.router.slot_map.owner(layer._route(name)[1]) for name in names}) > 1
+    for name in names:
+        layer.send(name, {})
+    layer.send("small", {})
+    with pytest.raises(layer.ChannelFull):
+        layer.send("small", {})
+    for member in ("daphne.response.a!1", "daphne.response.b!1", "daphne.response.c!1"):
+        layer.group_add("room", member)
+    layer.send_group("room", {"text": "hi"})
+    received = [layer.receive(names + ["small"])[0] for _ in range(len(names) + 1)]
+    assert sorted(received) == sorted(names + ["small"])
+    assert layer.receive(names + ["small"]) == (None, None)
+    got = sorted(layer.receive([f"daphne.response.{p}!"], block=True)[0] for p in "abc")
+    assert got == ["daphne.response.a!1", "daphne.response.b!1", "daphne.response.c!1"]
+
+    assert sample(registry, "asgi_redis_sent_messages_total") == len(names) + 1 + 3
+    assert sample(registry, "asgi_redis_refused_messages_total") == 1
+    assert sample(registry, "asgi_redis_received_messages_total") == len(names) + 1 + 3
+    assert sample(registry, "asgi_redis_undecodable_messages_total") == 0
+    assert sample(registry, "asgi_redis_operation_seconds_count", operation="send") == len(names) + 2
+    assert sample(registry, "asgi_redis_operation_seconds_count", operation="send_group") == 1
+    assert sample(registry, "asgi_redis_operation_seconds_count", operation="receive") == len(names) + 2
+    assert sample(registry, "asgi_redis_operation_seconds_count", operation="receive_block") == 3

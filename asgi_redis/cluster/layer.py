@@ -30,6 +30,7 @@ from ..connections import ShardSet
 from ..core import DEFAULT_MAX_MESSAGE_SIZE, RedisChannelLayer
 from ..errors import LayerConnectionError
 from ..keyspace import scan_batches
+from ..layouts.base import Layout, LayoutSettings
 from ..receive.port import Target
 from ..scripts import LuaScript, Operation
 from .keyslot import SLOT_COUNT, key_slot
@@ -161,7 +162,8 @@ class RedisClusterChannelLayer(RedisChannelLayer):
     discovered. The other keywords are the plain layer's; ``buckets`` is how
     many bucket slots normal channels are spread over (the same in every
     process of a site); ``tryagain_timeout`` bounds how long a call waits out
-    TRYAGAIN during a migration. The data layout is always the compact one
+    TRYAGAIN during a migration; ``metrics`` turns on the in-process
+    instruments as on the plain layer. The data layout is always the compact one
     (``layout`` accepts only "compact").
     """
 
@@ -183,6 +185,7 @@ class RedisClusterChannelLayer(RedisChannelLayer):
         layout: str = "compact",
         buckets: int = DEFAULT_BUCKETS,
         tryagain_timeout: float = 2.0,
+        metrics: Any = False,
     ) -> None:
         if layout != "compact":
             raise ValueError(
@@ -198,16 +201,17 @@ class RedisClusterChannelLayer(RedisChannelLayer):
             expiry=expiry, hosts=hosts, prefix=prefix, group_expiry=group_expiry, capacity=capacity,
             channel_capacity=channel_capacity, symmetric_encryption_keys=symmetric_encryption_keys,
             stats_prefix=stats_prefix, connection_kwargs=connection_kwargs,
-            max_message_size=max_message_size, layout="compact",
+            max_message_size=max_message_size, layout="compact", metrics=metrics,
         )
 
     # -- the parts swapped into the core ---------------------------------------------
 
+    def _create_layout(self, name: str, settings: LayoutSettings) -> Layout:
+        # the compact layout made cluster-ready (__init__ allows no other name); its
+        # primary buckets are read from the router's slot map, built next by _create_shards
+        return ClusterLayout(settings, self._buckets, self._primary_tags)
+
     def _create_shards(self, hosts: Optional[Sequence[Any]]) -> ShardSet:
-        # the compact layout, made cluster-ready: the core built a CompactLayout from
-        # layout="compact"; this one keeps its settings
-        self.layout = ClusterLayout(self.layout.settings, self._buckets, self._primary_tags)
-        self._receive_port.layout = self.layout
         self.router = ClusterRouter(hosts if hosts is not None else self.default_hosts,
                                     self.connection_kwargs, tryagain_timeout=self._tryagain_timeout)
         self.slots = SlotShards(self.router)

@@ -35,7 +35,7 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import urlparse, urlunparse
 
 import redis
@@ -63,6 +63,7 @@ TRIVIAL_SCRIPT = b"return 1"
 SEND_TARGET = 0.8
 GROUP_TARGET_SECONDS = 0.030
 METRICS_COST_TARGET = 0.03  # in-process metrics may slow an operation by this fraction at most
+T = TypeVar("T")
 
 
 @dataclass
@@ -96,9 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Bench:
     def __init__(self, hosts: List[Any], two_shards: List[Any], config: Dict[str, Any],
                  args: argparse.Namespace):
-        self.rounds = args.rounds or (2 if args.quick else 15)
-        self.ops = args.ops or (20 if args.quick else 200)
-        self.samples = 10 if args.quick else 150
+        self.rounds, self.ops, self.samples = measure_sizes(args)
         self.members = _parse_members(args.members, args.quick)
         self.process_members = 100 if args.quick else 1000
         self.channels_redis: Optional[str] = getattr(args, "channels_redis", None)
@@ -125,11 +124,7 @@ class Bench:
         return layer
 
     def close(self) -> None:
-        for layer in self.layers:
-            try:
-                layer.flush()
-            finally:
-                layer.close()
+        close_layers(self.layers)
 
     # -- the measures --------------------------------------------------------------
 
@@ -180,15 +175,10 @@ class Bench:
 
     def rate(self, name: str, layer: RedisChannelLayer, ours: Callable[[int], Any],
              raw_label: str, raw: Callable[[int], Any]) -> Row:
-        ours_rates, raw_rates = [], []
-        for number in range(self.rounds):
-            for which in _alternate(number):
-                started = time.perf_counter()
-                for i in range(self.ops):
-                    (ours if which == "ours" else raw)(i)
-                elapsed = time.perf_counter() - started
-                (ours_rates if which == "ours" else raw_rates).append(self.ops / elapsed)
-            layer.flush()  # not timed: keeps queues short and memory flat
+        ours_rates, raw_rates = alternating(
+            self.rounds, lambda which: timed_rate(self.ops, ours if which == "ours" else raw),
+            after_round=layer.flush,  # not timed: keeps queues short and memory flat
+        )
         return self._row(name, "/s", ours_rates, raw_rates, raw_label, higher_is_better=True)
 
     def _pair(self, layer: RedisChannelLayer) -> None:
@@ -219,24 +209,13 @@ class Bench:
         raw_receiver = redis.Redis(connection_pool=self.raw.connection_pool)
         raw_probe = _BlockingProbe(lambda: raw_receiver.blpop(["asgi-bench-raw-block"], timeout=5),
                                    lambda: self.raw.rpush("asgi-bench-raw-block", b"x" * 200))
-        ours_times: List[float] = []
-        raw_times: List[float] = []
-        per_round = max(1, self.samples // self.rounds)
         try:
-            for number in range(self.rounds):
-                for which in _alternate(number):
-                    probe = ours_probe if which == "ours" else raw_probe
-                    (ours_times if which == "ours" else raw_times).extend(probe.measure(per_round))
+            ours_times, raw_times = blocking_times(ours_probe, raw_probe, self.rounds, self.samples)
         finally:
             ours_probe.close()
             raw_probe.close()
             sender.close()
-        rows = []
-        for percent in (50, 99):
-            ours_value, raw_value = percentile(ours_times, percent), percentile(raw_times, percent)
-            rows.append(self._add(Row(f"{name} p{percent}", "ms", ours_value * 1000, raw_value * 1000,
-                                      "RPUSH waking a BLPOP", raw_value / ours_value)))
-        return rows
+        return [self._add(row) for row in latency_rows(name, ours_times, raw_times)]
 
     def group(self, name: str, layer: RedisChannelLayer, members: int, processes: int = 0,
               against: Optional[RedisChannelLayer] = None) -> Row:
@@ -248,21 +227,21 @@ class Bench:
         names = [f"daphne.response.{self.tag}{i % processes if processes else i}!{i:06d}" for i in range(members)]
         repeats = max(1, min(self.ops // 20, 2000 // members))
         body = layer.serializer.encode(MESSAGE)
-        ours_times, raw_times = [], []
-        for number in range(self.rounds if members < 10000 else max(2, self.rounds // 2)):
-            for which in _alternate(number):
-                layer.flush()
-                self._fill_group(layer, group, names)
-                started = time.perf_counter()
-                for _ in range(repeats):
-                    if which == "ours":
-                        layer.send_group(group, MESSAGE)
-                    elif against is not None:
-                        against.send_group(group, MESSAGE)
-                    else:
-                        self._raw_group(layer, group, body)
-                elapsed = (time.perf_counter() - started) / repeats
-                (ours_times if which == "ours" else raw_times).append(elapsed)
+
+        def one(which: str) -> float:
+            layer.flush()
+            self._fill_group(layer, group, names)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                if which == "ours":
+                    layer.send_group(group, MESSAGE)
+                elif against is not None:
+                    against.send_group(group, MESSAGE)
+                else:
+                    self._raw_group(layer, group, body)
+            return (time.perf_counter() - started) / repeats
+
+        ours_times, raw_times = alternating(self.rounds if members < 10000 else max(2, self.rounds // 2), one)
         layer.flush()
         raw_label = "the same layer, metrics off" if against is not None \
             else "ZRANGE + one pipeline of SET/RPUSH/EXPIRE per member"
@@ -360,9 +339,7 @@ class Bench:
 
     def _row(self, name: str, unit: str, ours: List[float], raw: List[float], raw_label: str,
              higher_is_better: bool) -> Row:
-        ratios = [(o / r) if higher_is_better else (r / o) for o, r in zip(ours, raw)]
-        return self._add(Row(name, unit, statistics.median(ours), statistics.median(raw), raw_label,
-                             statistics.median(ratios)))
+        return self._add(median_row(name, unit, ours, raw, raw_label, higher_is_better))
 
     def _add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -512,8 +489,7 @@ def plot(rows: Sequence[Row], path: str, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.rounds is not None and args.rounds < 1 or args.ops is not None and args.ops < 1:
-        raise CommandError("--rounds and --ops must be 1 or more", 2)
+    check_sizes(args)
     _parse_members(args.members, args.quick)  # a usage error before any server starts
     if names_a_cluster(args):
         raise CommandError("--url names a Redis Cluster node: run 'asgi-redis bench' or "
@@ -541,13 +517,8 @@ def run(args: argparse.Namespace) -> int:
             print(title, flush=True)
             print("(measuring; one line per figure)", flush=True)
         measure = bench.metrics_cost if args.metrics_cost else bench.run
-        rows = measure(lambda row: None if args.json else print(
-            f"  {row.name}: {_figure(row.ours, row.unit)} vs {_figure(row.raw, row.unit)} "
-            f"raw, {row.ratio:.2f}x", flush=True))
-        if args.json:
-            print(json.dumps({"title": title, "rows": [asdict(row) for row in rows]}, indent=1))
-        else:
-            print("\n" + render(rows) + "\n\n" + "\n".join(targets(rows)))
+        rows = measure(progress(args))
+        print_result(args, title, rows, targets)
         if args.plot:
             plot(rows, args.plot, title)
             if not args.json:
@@ -598,6 +569,95 @@ def _usec_since(client: redis.Redis, before: Dict[str, int], names: Sequence[str
 
 def _alternate(number: int) -> Sequence[str]:
     return ("ours", "raw") if number % 2 == 0 else ("raw", "ours")
+
+
+# -- shared with the cluster benchmark (asgi_redis.tools.cluster_bench) ----------------
+
+
+def check_sizes(args: argparse.Namespace) -> None:
+    """--rounds and --ops as a usage error, before any server starts."""
+    if args.rounds is not None and args.rounds < 1 or args.ops is not None and args.ops < 1:
+        raise CommandError("--rounds and --ops must be 1 or more", 2)
+
+
+def measure_sizes(args: argparse.Namespace) -> Tuple[int, int, int]:
+    """Alternating rounds per measure, operations per round, blocking-receive samples."""
+    return args.rounds or (2 if args.quick else 15), args.ops or (20 if args.quick else 200), \
+        10 if args.quick else 150
+
+
+def close_layers(layers: Sequence[RedisChannelLayer]) -> None:
+    """Remove the benchmark's keys and close every layer it built."""
+    for layer in layers:
+        try:
+            layer.flush()
+        finally:
+            layer.close()
+
+
+def alternating(rounds: int, measure: Callable[[str], T],
+                after_round: Optional[Callable[[], Any]] = None) -> Tuple[List[T], List[T]]:
+    """``measure("ours")`` and ``measure("raw")`` once per round each, which goes first
+    alternating (the machine's pace drifts); ``after_round`` runs, untimed, after each round."""
+    ours: List[T] = []
+    raw: List[T] = []
+    for number in range(rounds):
+        for which in _alternate(number):
+            (ours if which == "ours" else raw).append(measure(which))
+        if after_round is not None:
+            after_round()
+    return ours, raw
+
+
+def timed_rate(ops: int, operation: Callable[[int], Any]) -> float:
+    """Operations per second of ``ops`` calls ``operation(0)``, ``operation(1)``..."""
+    started = time.perf_counter()
+    for i in range(ops):
+        operation(i)
+    return ops / (time.perf_counter() - started)
+
+
+def median_row(name: str, unit: str, ours: List[float], raw: List[float], raw_label: str,
+               higher_is_better: bool) -> Row:
+    """A row of the medians, its ratio the median of the per-round ratios."""
+    ratios = [(o / r) if higher_is_better else (r / o) for o, r in zip(ours, raw)]
+    return Row(name, unit, statistics.median(ours), statistics.median(raw), raw_label, statistics.median(ratios))
+
+
+def blocking_times(ours: _BlockingProbe, raw: _BlockingProbe, rounds: int,
+                   samples: int) -> Tuple[List[float], List[float]]:
+    """About ``samples`` wake-up times of each probe, in alternating rounds."""
+    per_round = max(1, samples // rounds)
+    ours_runs, raw_runs = alternating(rounds, lambda which: (ours if which == "ours" else raw).measure(per_round))
+    return [t for run in ours_runs for t in run], [t for run in raw_runs for t in run]
+
+
+def latency_rows(name: str, ours_times: List[float], raw_times: List[float]) -> List[Row]:
+    """The p50 and p99 rows of a blocking receive against an RPUSH waking a BLPOP."""
+    rows = []
+    for percent in (50, 99):
+        ours_value, raw_value = percentile(ours_times, percent), percentile(raw_times, percent)
+        rows.append(Row(f"{name} p{percent}", "ms", ours_value * 1000, raw_value * 1000,
+                        "RPUSH waking a BLPOP", raw_value / ours_value))
+    return rows
+
+
+def progress(args: argparse.Namespace) -> Callable[[Row], None]:
+    """What prints one line per figure as it is measured (nothing with --json)."""
+    def report(row: Row) -> None:
+        if not args.json:
+            print(f"  {row.name}: {_figure(row.ours, row.unit)} vs {_figure(row.raw, row.unit)} "
+                  f"raw, {row.ratio:.2f}x", flush=True)
+    return report
+
+
+def print_result(args: argparse.Namespace, title: str, rows: Sequence[Row],
+                 targets: Callable[[Sequence[Row]], List[str]]) -> None:
+    """The rows as JSON (--json), else the table and the targets' verdicts."""
+    if args.json:
+        print(json.dumps({"title": title, "rows": [asdict(row) for row in rows]}, indent=1))
+    else:
+        print("\n" + render(rows) + "\n\n" + "\n".join(targets(rows)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

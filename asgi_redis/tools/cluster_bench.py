@@ -20,14 +20,11 @@ members over 4 processes under 20 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import secrets
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict
-from statistics import median
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import redis
@@ -36,7 +33,22 @@ from .. import __version__
 from ..cluster.keyslot import key_slot
 from ..cluster.layer import RedisClusterChannelLayer
 from ..scripts import Command
-from .bench import MESSAGE, TRIVIAL_SCRIPT, Row, _alternate, _BlockingProbe, _figure, render
+from .bench import (
+    MESSAGE,
+    TRIVIAL_SCRIPT,
+    Row,
+    _BlockingProbe,
+    alternating,
+    blocking_times,
+    check_sizes,
+    close_layers,
+    latency_rows,
+    measure_sizes,
+    median_row,
+    print_result,
+    progress,
+    timed_rate,
+)
 from .command_options import (
     CommandError,
     OneLineErrorParser,
@@ -48,7 +60,6 @@ from .command_options import (
 )
 from .embedded import cleanup_on_sigterm
 from .embedded_cluster import EmbeddedCluster
-from .output import percentile
 
 SEND_TARGET = 0.8
 GROUP_TARGET_MS = 20.0
@@ -63,9 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 class ClusterBench:
     def __init__(self, config: Dict[str, Any], args: argparse.Namespace):
-        self.rounds = args.rounds or (2 if args.quick else 15)
-        self.ops = args.ops or (20 if args.quick else 200)
-        self.samples = 10 if args.quick else 150
+        self.rounds, self.ops, self.samples = measure_sizes(args)
         self.members = 100 if args.quick else 1000
         self.tag = secrets.token_hex(3)
         self.config = {**config, "prefix": f"asgi-bench-{self.tag}:",
@@ -86,11 +95,7 @@ class ClusterBench:
         return self.layer.router.client(self.layer.router.owner(key_slot(key)))
 
     def close(self) -> None:
-        for layer in self.layers:
-            try:
-                layer.flush()
-            finally:
-                layer.close()
+        close_layers(self.layers)
 
     def run(self, report: Callable[[Row], None]) -> List[Row]:
         layer = self.layer
@@ -116,15 +121,9 @@ class ClusterBench:
         return self.rows
 
     def rate(self, name: str, ours: Callable[[int], Any], raw_label: str, raw: Callable[[int], Any]) -> Row:
-        ours_rates, raw_rates = [], []
-        for number in range(self.rounds):
-            for which in _alternate(number):
-                started = time.perf_counter()
-                for i in range(self.ops):
-                    (ours if which == "ours" else raw)(i)
-                (ours_rates if which == "ours" else raw_rates).append(self.ops / (time.perf_counter() - started))
-        ratios = [o / r for o, r in zip(ours_rates, raw_rates)]
-        return self._add(Row(name, "/s", median(ours_rates), median(raw_rates), raw_label, median(ratios)))
+        ours_rates, raw_rates = alternating(
+            self.rounds, lambda which: timed_rate(self.ops, ours if which == "ours" else raw))
+        return self._add(median_row(name, "/s", ours_rates, raw_rates, raw_label, higher_is_better=True))
 
     def _pair(self, channel: str, receive_on: List[str]) -> None:
         self.layer.send(channel, MESSAGE)
@@ -140,23 +139,12 @@ class ClusterBench:
         block_key = raw_key + b"-block"
         raw = _BlockingProbe(lambda: receiver.blpop([block_key], timeout=5),
                              lambda: node.rpush(block_key, b"x" * 200))
-        ours_times: List[float] = []
-        raw_times: List[float] = []
         try:
-            for number in range(self.rounds):
-                for which in _alternate(number):
-                    probe = ours if which == "ours" else raw
-                    (ours_times if which == "ours" else raw_times).extend(
-                        probe.measure(max(1, self.samples // self.rounds)))
+            ours_times, raw_times = blocking_times(ours, raw, self.rounds, self.samples)
         finally:
             ours.close()
             raw.close()
-        rows = []
-        for percent in (50, 99):
-            ours_value, raw_value = percentile(ours_times, percent), percentile(raw_times, percent)
-            rows.append(self._add(Row(f"cluster: blocking receive p{percent}", "ms", ours_value * 1000,
-                                      raw_value * 1000, "RPUSH waking a BLPOP", raw_value / ours_value)))
-        return rows
+        return [self._add(row) for row in latency_rows("cluster: blocking receive", ours_times, raw_times)]
 
     def group(self, processes: int) -> Row:
         layer = self.layer
@@ -167,21 +155,22 @@ class ClusterBench:
         layer.group_channels(group)  # scripts loaded
         body = layer.serializer.encode(MESSAGE)
         repeats = max(1, min(self.ops // 20, 20))
-        ours_times, raw_times = [], []
-        for number in range(self.rounds):
-            for which in _alternate(number):
-                started = time.perf_counter()
-                for _ in range(repeats):
-                    if which == "ours":
-                        layer.send_group(group, MESSAGE)
-                    else:
-                        self._raw_group(group, body)
-                (ours_times if which == "ours" else raw_times).append((time.perf_counter() - started) / repeats)
-                self._drain(names, processes)
-        ratios = [r / o for o, r in zip(ours_times, raw_times)]
-        return self._add(Row(f"cluster: send_group {self.members:,} members of {processes} "
-                             f"process{'es' if processes > 1 else ''}", "ms", median(ours_times) * 1000,
-                             median(raw_times) * 1000, "ZRANGE + one RPUSH pipeline per master", median(ratios)))
+
+        def one(which: str) -> float:
+            started = time.perf_counter()
+            for _ in range(repeats):
+                if which == "ours":
+                    layer.send_group(group, MESSAGE)
+                else:
+                    self._raw_group(group, body)
+            elapsed = (time.perf_counter() - started) / repeats
+            self._drain(names, processes)
+            return elapsed * 1000
+
+        ours_ms, raw_ms = alternating(self.rounds, one)
+        return self._add(median_row(f"cluster: send_group {self.members:,} members of {processes} "
+                                    f"process{'es' if processes > 1 else ''}", "ms", ours_ms, raw_ms,
+                                    "ZRANGE + one RPUSH pipeline per master", higher_is_better=False))
 
     def _raw_group(self, group: str, body: bytes) -> None:
         group_key = self.layer.layout.group_key(group).encode("utf8")
@@ -224,8 +213,7 @@ def targets(rows: Sequence[Row]) -> List[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.rounds is not None and args.rounds < 1 or args.ops is not None and args.ops < 1:
-        raise CommandError("--rounds and --ops must be 1 or more", 2)
+    check_sizes(args)
     cleanup_on_sigterm()
     with ExitStack() as cleanup:
         if has_location(args):
@@ -245,13 +233,7 @@ def run(args: argparse.Namespace) -> int:
                  f"redis-py {redis.__version__}, {bench.rounds} alternating rounds")
         if not args.json:
             print(title, flush=True)
-        rows = bench.run(lambda row: None if args.json else print(
-            f"  {row.name}: {_figure(row.ours, row.unit)} vs {_figure(row.raw, row.unit)} raw, "
-            f"{row.ratio:.2f}x", flush=True))
-        if args.json:
-            print(json.dumps({"title": title, "rows": [asdict(row) for row in rows]}, indent=1))
-        else:
-            print("\n" + render(rows) + "\n\n" + "\n".join(targets(rows)))
+        print_result(args, title, bench.run(progress(args)), targets)
     return 0
 
 

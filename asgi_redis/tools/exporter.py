@@ -203,7 +203,10 @@ class LayerCollector(Collector):
             contents = inspection.inspect_shard(
                 self.layer, figures.shard, client, self.max_channels, key_budget=self.key_budget
             )
-            figures.channels = {c.name: (c.pending, c.oldest_age) for c in contents.channels}
+            # a cluster keeps a normal channel in a bucket per slot range, and after a resharding
+            # in more than one on the same master: each is a queue of its own, summed here
+            for channel in contents.channels:
+                _merge_channel(figures.channels, channel.name, channel.pending, channel.oldest_age)
             figures.groups = {g.name: g.members for g in contents.groups}
             figures.scanned = contents.scanned
             figures.complete = contents.complete
