@@ -27,14 +27,14 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import redis
 
-from .. import scripts
+from .. import checkout, scripts
 from ..keyspace import glob_escape
 from .base import Call, Command, GroupEntry, Layout, LayoutMismatch, LayoutSettings, Operation, Popped
 from .slots import SLOT_COUNT, key_slot, slot_tag
 
-SEND = scripts.load_script("asgi_redis", "compact_send")  # one message on one queue
-SEND_RUNS = scripts.load_script("asgi_redis", "compact_send_runs")  # the general case
-POP = scripts.load_script("asgi_redis", "compact_pop")
+SEND = scripts.load_script("asgi_redis", "compact_send", hot=True)  # one message on one queue
+SEND_RUNS = scripts.load_script("asgi_redis", "compact_send_runs", hot=True)  # the general case
+POP = scripts.load_script("asgi_redis", "compact_pop", hot=True)
 CHANNEL_STATS = scripts.load_script("asgi_redis", "compact_channel_stats")
 
 VERSION = 1
@@ -80,7 +80,9 @@ class _PlainPop:
         command = self._command(keys)
         if command is not None:
             try:
-                outcome = self._outcome(keys, client.execute_command(*command))
+                reply = checkout.execute(client, *command) if type(client) is redis.Redis \
+                    else client.execute_command(*command)
+                outcome = self._outcome(keys, reply)
             except redis.ResponseError as error:
                 outcome = self._learn(error)
             if outcome is not _USE_SCRIPT:
