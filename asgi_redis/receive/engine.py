@@ -18,6 +18,7 @@ replica); then the receive pauses and waits again, up to its deadline.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Callable, List, Optional
 
@@ -27,6 +28,8 @@ from .driver import Driver, StepRunner
 from .plan import ReceivePlan, Step
 from .port import NOTHING, LayerPort, Received, Target
 from .waiting import wait_everywhere
+
+logger = logging.getLogger("asgi_redis")
 
 Poll = Callable[[], Received]
 ClientFor = Callable[[ShardSet, int], Any]
@@ -54,7 +57,7 @@ class Receive:
         if self.on_one_server() or (not block and self.poll is None):
             return self.run_steps(block, timeout)
         deadline = time.monotonic() + (self.port.blpop_timeout if timeout is None else timeout)
-        waiting = False
+        waiting = failing = False
         while True:
             try:
                 found = self.poll() if self.poll is not None else NOTHING
@@ -74,6 +77,9 @@ class Receive:
                 pause = self.port.wait_goes_on(error) if waiting else None
                 if pause is None or deadline - time.monotonic() <= 0:
                     raise
+                if not failing:  # once per receive, not at every try
+                    logger.warning("receive waits on through a failure: %s", error)
+                failing = True
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                 continue
             if found[0] is not None:

@@ -124,7 +124,7 @@ class ReceivePlan:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     if failure is not None:
-                        raise failure  # the time is up and the last wait could not even start
+                        raise failure  # the time is up, and the last try to wait failed
                     return None
                 try:
                     timeout = min(remaining, slice_length or remaining, block_limit(shards.client(index)))
@@ -138,6 +138,8 @@ class ReceivePlan:
                     if pause is None:
                         self._lost(target)
                         return None  # look again on the shards left
+                    if failure is None:  # once per outage, not at every try
+                        logger.warning("receive waits on through a failure: %s", error)
                     failure = error
                     yield Step(PAUSE, shards, index, [], max(0.0, min(pause, deadline - time.monotonic())))
                     continue
