@@ -152,14 +152,18 @@ class RedisChannelLayer(ExtensionsMixin):
         calls = self.layout.send_calls([(queue, [self._encode(message, channel)])])
         shards, index = self._route(queue)
         try:
-            replies = self._run(shards, index, "send", calls)
-        except LayerConnectionError as error:
-            # A normal channel may live on any shard: when this one could not even be
-            # connected to, nothing was sent (no duplicate possible), so use the next.
-            if spec.is_directed(queue) or len(shards) == 1 or not retry.nothing_sent(error.__cause__):
-                raise
-            index = (index + 1) % len(shards)
-            replies = self._run(shards, index, "send", calls)
+            try:
+                replies = self._run(shards, index, "send", calls)
+            except LayerConnectionError as error:
+                # A normal channel may live on any shard: when this one could not even be
+                # connected to, nothing was sent (no duplicate possible), so use the next.
+                if spec.is_directed(queue) or len(shards) == 1 or not retry.nothing_sent(error.__cause__):
+                    raise
+                index = (index + 1) % len(shards)
+                replies = self._run(shards, index, "send", calls)
+        except Exception:
+            self.layout.send_failed(calls)
+            raise
         if self.layout.read_send(replies):
             capacity = self.channel_capacity.for_channel(queue)
             raise self.ChannelFull(f"channel {channel!r} is at its capacity of {capacity}")
@@ -249,9 +253,13 @@ class RedisChannelLayer(ExtensionsMixin):
             batch[2].setdefault(queue, []).append(body)
         full = 0
         for shards, index, runs in batches.values():
-            full += self.layout.read_send(
-                self._run(shards, index, "send_group", self.layout.send_calls(list(runs.items())))
-            )
+            calls = self.layout.send_calls(list(runs.items()))
+            try:
+                replies = self._run(shards, index, "send_group", calls)
+            except Exception:
+                self.layout.send_failed(calls)
+                raise
+            full += self.layout.read_send(replies)
         return full
 
     # -- flush and statistics -----------------------------------------------

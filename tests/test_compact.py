@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from asgi_redis import RedisChannelLayer, scripts
+from asgi_redis import LayerConnectionError, RedisChannelLayer, scripts
 from asgi_redis.layouts import compact as compact_layout
 from asgi_redis.layouts import get_layout
 from asgi_redis.layouts.base import Call, LayoutMismatch, LayoutSettings
@@ -15,6 +15,7 @@ from asgi_redis.layouts.compact import FANOUT_CHUNK
 from asgi_redis.layouts.slots import crc16, key_slot, slot_tag
 
 from .helpers import built_layers
+from .servers import free_port
 
 
 @pytest.fixture
@@ -110,15 +111,15 @@ def test_keys_types_and_ttls(compact, raw):
     }
     for key, name in queues.items():
         assert raw.type(key) == b"list" and raw.llen(key) == 1
-        assert 30_000 < raw.pttl(key) <= 31_000  # expiry + 1 s
+        assert 90_000 < raw.pttl(key) <= 91_000  # expiry + 1 s + the refresh slack
         assert compact.layout.channel_of(key) == name
         stats = b"asgi-meta:c1" + key[len(b"asgi:c1"):]
         assert raw.hgetall(stats) == {b"messages_count": b"1"}
-        assert 3590 < raw.ttl(stats) <= 3600
+        assert 3650 < raw.ttl(stats) <= 3660
     assert raw.type(b"asgi:c1{room}:group") == b"zset"
     globals_ = raw.keys("asgi-meta:c1{#???}#global")
     assert len(globals_) == 3  # one per slot that was sent to
-    assert all(86390 < raw.ttl(key) <= 86400 for key in globals_)
+    assert all(86450 < raw.ttl(key) <= 86460 for key in globals_)
     assert sorted(key for key in raw.keys("*")) == sorted(
         [*queues, *(b"asgi-meta:c1" + key[len(b"asgi:c1"):] for key in queues), b"asgi:c1{room}:group", *globals_]
     )
@@ -406,6 +407,86 @@ def test_round_trips_two_shards(redis_shards, round_trips):
     finally:
         layer.flush()
         layer.close()
+
+
+# -- TTLs set again once per REFRESH_SECONDS per sender ----------------------------------------------
+
+
+def _ttls(raw):
+    return {key: raw.pttl(key) for key in raw.keys("*")}
+
+
+def test_an_accepted_send_is_three_commands_between_ttl_refreshes(compact, raw):
+    compact.send("proc!a", {"n": 0})  # creates the three keys: each gets its TTL
+    assert all(ttl > 0 for ttl in _ttls(raw).values()) and len(_ttls(raw)) == 3
+    raw.config_resetstat()
+    for n in range(1, 21):
+        compact.send("proc!a", {"n": n})
+    assert _calls(raw, "rpush", "hincrby", "pexpire", "expire") == [20, 40, 0, 0]
+
+
+def test_ttls_are_set_again_after_the_refresh_interval(compact, raw, monkeypatch):
+    monkeypatch.setattr(compact_layout, "REFRESH_SECONDS", 0.05)
+    compact.send("proc!a", {"n": 0})
+    raw.config_resetstat()
+    time.sleep(0.06)
+    compact.send("proc!a", {"n": 1})
+    compact.send("proc!a", {"n": 2})
+    # the first send after the interval sets the queue's and both counters' TTLs; the next none
+    assert _calls(raw, "pexpire", "expire") == [1, 2]
+
+
+def test_keys_created_again_get_their_ttls_at_once(make_compact, raw):
+    layer = make_compact(expiry=30, capacity=1)
+    layer.send("proc!a", {"n": 0})
+    for created_by in ("accepted", "refused"):
+        # gone behind the sender's back (another process's flush, or expired):
+        # the sender set the TTLs a moment ago, yet the new keys get theirs
+        if created_by == "accepted":
+            raw.delete(*raw.keys("*"))
+            layer.send("proc!a", {"n": 1})
+        else:
+            raw.delete(*raw.keys("asgi-meta:*"))
+            with pytest.raises(layer.ChannelFull):
+                layer.send("proc!a", {"n": 2})
+        ttls = _ttls(raw)
+        assert len(ttls) == 3 and all(ttl > 0 for ttl in ttls.values()), (created_by, ttls)
+
+
+def test_group_entries_follow_the_same_ttl_rules(compact, raw):
+    for n in range(3):
+        compact.group_add("room", f"proc{n}!a")
+    compact.send_group("room", {"n": 0})
+    ttls = _ttls(raw)
+    assert all(ttl > 0 for key, ttl in ttls.items() if b":group" not in key)
+    raw.config_resetstat()
+    compact.send_group("room", {"n": 1})
+    assert _calls(raw, "pexpire", "expire") == [0, 0]
+    raw.delete(*(key for key in raw.keys("*") if b":group" not in key))
+    compact.send_group("room", {"n": 2})
+    assert all(ttl > 0 for ttl in _ttls(raw).values())
+
+
+def test_a_failed_send_makes_the_next_one_set_the_ttls(compact, raw):
+    layout = compact.layout
+    compact.send("proc!a", {"n": 0})
+    [call] = layout.send_calls([("proc!", [b"x"])])
+    assert call.args[3] == b"0"
+    layout.send_failed([call])  # the core says so when a send raised: it may not have run
+    [call] = layout.send_calls([("proc!", [b"x"])])
+    assert call.args[3] == b"1"
+    # and the core does say so
+    nobody = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{free_port()}"], layout="compact",
+                               connection_kwargs={"socket_connect_timeout": 0.5})
+    try:
+        nobody.send("proc!a", {"n": 0})  # sets the TTLs... if it could
+    except LayerConnectionError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("a send to a port nobody listens on succeeded")
+    [call] = nobody.layout.send_calls([("proc!", [b"x"])])
+    assert call.args[3] == b"1"
+    nobody.close()
 
 
 # -- script cost -----------------------------------------------------------------------------------

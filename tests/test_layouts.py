@@ -42,3 +42,21 @@ def test_the_classic_layout_keys_are_1_4_3s(layer, raw):
     assert raw.zrange("asgi::group:room", 0, -1) == [b"chat!x"]
     assert raw.get("asgi-meta:chat!:messages_count") == b"1"
     assert raw.get("asgi-meta:#global#:messages_count") == b"1"
+
+
+def test_cluster_senders_follow_a_new_slot_map_to_a_normal_channels_new_bucket():
+    # send keys are remembered per queue; a slot map change (a new primary bucket
+    # list) must make the next send name the channel's queue in its new bucket
+    from asgi_redis.cluster.layout import ClusterLayout
+    from asgi_redis.layouts.base import LayoutSettings
+
+    settings = LayoutSettings("asgi:", "asgi-meta:", 60, 86400, lambda queue: 100)
+    primaries = [[]]
+    layout = ClusterLayout(settings, buckets=4, primary_tags=lambda: primaries[0])
+    first = layout.bucket_tags[0]
+    primaries[0] = [first]
+    [before] = layout.send_calls([("http.request", [b"x"])])
+    assert before.keys[0] == layout.queue_key("http.request", first)
+    primaries[0] = [layout.bucket_tags[1]]  # a resharding: another master's bucket now
+    [after] = layout.send_calls([("http.request", [b"x"])])
+    assert after.keys[0] == layout.queue_key("http.request", layout.bucket_tags[1])

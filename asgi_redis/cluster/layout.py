@@ -73,6 +73,11 @@ class ClusterLayout(CompactLayout):
             tag = getattr(self._bucket, "tag", None) or self.bucket_of(name)
         return super().queue_key(name, tag)
 
+    def keys_generation(self) -> Any:
+        # the primary bucket list, one object per slot map: a resharding that moves
+        # a normal channel to another bucket makes a sender name its new queue
+        return self.primary_tags()
+
     def all_bucket_keys(self, name: str) -> List[bytes]:
         """Every bucket's queue of a normal channel (where it lives now or lived before)."""
         return [self.queue_key(name, tag) for tag in self.bucket_tags]

@@ -151,6 +151,9 @@ class Layout:
     def send_calls(self, runs: Sequence[Tuple[str, List[bytes]]]) -> List[Call]:
         raise NotImplementedError
 
+    def send_failed(self, calls: Sequence[Call]) -> None:
+        """``calls`` (from send_calls) raised: they may or may not have run."""
+
     def read_send(self, replies: List[Any]) -> int:
         """Messages refused because their channel was full, summed over the calls."""
         return sum(int(reply or 0) for reply in replies)

@@ -32,7 +32,8 @@ from ..keyspace import glob_escape
 from .base import Call, Command, GroupEntry, Layout, LayoutMismatch, LayoutSettings, Operation, Popped
 from .slots import SLOT_COUNT, key_slot, slot_tag
 
-SEND = scripts.load_script("asgi_redis", "compact_send")
+SEND = scripts.load_script("asgi_redis", "compact_send")  # one message on one queue
+SEND_RUNS = scripts.load_script("asgi_redis", "compact_send_runs")  # the general case
 POP = scripts.load_script("asgi_redis", "compact_pop")
 CHANNEL_STATS = scripts.load_script("asgi_redis", "compact_channel_stats")
 
@@ -40,6 +41,9 @@ VERSION = 1
 DEFAULT_BUCKET = "#0"
 FANOUT_CHUNK = 1000  # member channels named by one entry: bounds a receiver's buffer
 _SEND_KEYS_CACHED = 4096
+# A sender sets a queue's and its counters' TTLs again at most this often (the
+# scripts' REFRESH): TTLs carry this much slack, so they never run out early
+REFRESH_SECONDS = 60
 CALL_ENTRIES = 1000  # entries per send call at most (as the classic layout's chunks)
 _STATS = ("messages_count", "channel_full_count")
 _VERSION_BYTE = b"1"
@@ -117,6 +121,17 @@ class _PlainPop:
         raise error
 
 
+class _SendKeys:
+    """What a send to one queue needs, computed once; ``due``/``epoch``: when
+    this sender last set the keys' TTLs (compact_send.lua, ARGV[4])."""
+
+    __slots__ = ("keys", "slot", "capacity", "generation", "due", "epoch")
+
+    def __init__(self, keys: Tuple[bytes, bytes, bytes], slot: int, capacity: bytes, generation: Any):
+        self.keys, self.slot, self.capacity, self.generation = keys, slot, capacity, generation
+        self.due, self.epoch = 0.0, -1
+
+
 class CompactLayout(Layout):
     """One list entry per message (or per receiving process for send_group), every
     key a call touches in one hash slot.
@@ -142,11 +157,12 @@ class CompactLayout(Layout):
         self._queue_base = (settings.prefix + "c1{").encode("utf8")
         self._stats_base = (settings.stats_prefix + "c1{").encode("utf8")
         self._expiry_ms = settings.expiry * 1000
-        self._queue_ttl = str(self._expiry_ms + 1000).encode()
+        self._queue_ttl = str(self._expiry_ms + 1000 + REFRESH_SECONDS * 1000).encode()
         self._pending: Dict[bytes, Deque[Tuple[str, bytes, int]]] = {}
         self._pending_lock = threading.Lock()
         self._plain_pop = _PlainPop()
-        self._send_keys_cache: Dict[str, Tuple[bytes, bytes, bytes, int]] = {}
+        self._send_keys_cache: Dict[str, _SendKeys] = {}
+        self._refresh_epoch = 0  # raised when a send failed: its TTLs may not have been set
 
     # -- key names ---------------------------------------------------------------------
 
@@ -226,39 +242,64 @@ class CompactLayout(Layout):
         """One call per hash slot with ``split_by_slot`` (a cluster); else one call
         for every run (a plain Redis has no slots; each run's keys still share one)."""
         now = _now_ms()
+        if len(runs) == 1 and len(runs[0][1]) == 1 and type(runs[0][1][0]) is bytes:
+            # the usual send: the short script, arguments ready-made
+            queue, (body,) = runs[0]
+            keys = self._send_keys(queue)
+            entry = b"1%013dm" % (now + self._expiry_ms) + body
+            return [Call(SEND, keys.keys, (b"%d" % now, keys.capacity, entry, self._refresh(keys), self._queue_ttl))]
         head = _VERSION_BYTE + b"%013d" % (now + self._expiry_ms)
         constants = [str(now).encode(), self._queue_ttl]
         done: List[Call] = []
         open_calls: Dict[int, Tuple[List[bytes], List[Any], List[int]]] = {}
         for queue, bodies in runs:
-            key, stats, global_stats, slot = self._send_keys(queue)
+            keys = self._send_keys(queue)
             entries: List[Any] = []
             for body in bodies:
                 if isinstance(body, GroupEntry):
                     entries += self._fanout_entries(head, queue, body)
                 else:
                     entries += [1, head + _SINGLE + body]
-            where = slot if self.split_by_slot else 0
+            where = keys.slot if self.split_by_slot else 0
             call_keys, call_args, size = open_calls.setdefault(where, ([], [*constants], [0]))
-            call_keys.extend((key, stats, global_stats))
-            call_args.extend((self.settings.capacity_for(queue), len(entries) // 2, *entries))
+            call_keys.extend(keys.keys)
+            call_args.extend((keys.capacity, self._refresh(keys), len(entries) // 2, *entries))
             size[0] += len(entries) // 2
             if size[0] >= CALL_ENTRIES:  # bounds how long one call holds Redis
-                done.append(Call(SEND, call_keys, call_args))
+                done.append(Call(SEND_RUNS, call_keys, call_args))
                 del open_calls[where]
-        return done + [Call(SEND, keys, args) for keys, args, _ in open_calls.values()]
+        return done + [Call(SEND_RUNS, keys, args) for keys, args, _ in open_calls.values()]
 
-    def _send_keys(self, queue: str) -> Tuple[bytes, bytes, bytes, int]:
-        """Queue key, its counters, its slot's global counters and the slot of a
+    def send_failed(self, calls: Sequence[Call]) -> None:
+        # TTLs these calls were to set again may not be set: every queue sets them on its next send
+        self._refresh_epoch += 1
+
+    def _refresh(self, keys: _SendKeys) -> bytes:
+        """b"1" when this sender is to set the TTLs of ``keys`` again (then not for REFRESH_SECONDS)."""
+        now = time.monotonic()
+        if now < keys.due and keys.epoch == self._refresh_epoch:
+            return b"0"
+        keys.due, keys.epoch = now + REFRESH_SECONDS, self._refresh_epoch
+        return b"1"
+
+    def _send_keys(self, queue: str) -> _SendKeys:
+        """Queue key, its counters, its slot's global counters, slot and capacity of a
         queue, remembered for the queues sent to most (a send computes none of it again)."""
         found = self._send_keys_cache.get(queue)
-        if found is None:
+        generation = self.keys_generation()
+        if found is None or found.generation is not generation:
             key = self.queue_key(queue)
-            found = (key, self.stats_key(key), self.global_stats_key(key), key_slot(key))
+            found = _SendKeys((key, self.stats_key(key), self.global_stats_key(key)), key_slot(key),
+                              str(self.settings.capacity_for(queue)).encode(), generation)
             if len(self._send_keys_cache) >= _SEND_KEYS_CACHED:
                 self._send_keys_cache.clear()  # single-use ? names must not grow it without end
             self._send_keys_cache[queue] = found
         return found
+
+    def keys_generation(self) -> Any:
+        """What queue key names depend on besides the name (a cluster's bucket choice);
+        remembered key names are recomputed when it is another object."""
+        return None
 
     def _fanout_entries(self, head: bytes, queue: str, entry: GroupEntry) -> List[Any]:
         """(message count, entry) pairs naming at most FANOUT_CHUNK members each."""
