@@ -423,6 +423,12 @@ class RedisChannelLayer(ExtensionsMixin):
     def _guard(self, shards: ShardSet, index: int, action: str) -> _ConnectionGuard:
         return _ConnectionGuard(shards, index, action, self._connection_error_hook)
 
+    def _wait_goes_on(self, error: LayerConnectionError) -> Optional[float]:
+        """Seconds to pause before a blocking receive whose wait failed with ``error``
+        waits again, or None (here: always) for the error to end the receive: a
+        standalone server that dropped a wait is down or restarting."""
+        return None
+
     def __repr__(self) -> str:
         shards = [self.shards.describe(index) for index in range(len(self.shards))]
         return f"<{type(self).__name__} shards={shards} prefix={self.prefix!r}>"
@@ -512,3 +518,6 @@ class _ReceivePort:
 
     def decode(self, popped: Popped) -> Optional[Found]:
         return self._layer._decode(popped.queue_key, popped.body, popped.channel)
+
+    def wait_goes_on(self, error: LayerConnectionError) -> Optional[float]:
+        return self._layer._wait_goes_on(error)

@@ -7,8 +7,10 @@ import json
 import textwrap
 
 import pytest
+import redis
 
 from asgi_redis import RedisClusterChannelLayer
+from asgi_redis.cluster import key_slot
 
 from .helpers import run_cli
 
@@ -55,6 +57,28 @@ def test_stats_inspect_and_flush_from_one_node_url(cluster, layer):
     assert "total: removed" in flush.stdout
     assert layer.global_statistics()["messages_count"] == 0
     assert layer.receive(names + ["cli!"]) == (None, None)
+
+
+def test_inspect_lists_a_channel_in_two_buckets_of_one_master_once(cluster, layer):
+    """After a resharding a master may hold a normal channel's queue in two buckets:
+    inspect lists the channel once there, pending summed, the oldest age kept."""
+    name = "twobuckets"
+    for number in range(3):
+        layer.send(name, {"n": number})
+    queue = layer.layout.queue_key(name)
+    home = layer.router.owner(key_slot(queue))
+    other_tag = next(tag for tag in layer.layout.bucket_tags
+                     if layer.router.owner(key_slot(tag)) == home and layer.layout.queue_key(name, tag) != queue)
+    with redis.Redis(*home) as client:  # the same entries in a second bucket's queue, as a resharding leaves them
+        client.restore(layer.layout.queue_key(name, other_tag), 0, client.dump(queue))
+    inspect = run_cli("inspect", "--json", "--url", cluster.url, "--prefix", PREFIX)
+    assert inspect.returncode == 0, inspect.stderr
+    listed = [(shard["shard"], channel) for shard in json.loads(inspect.stdout)["shards"]
+              for channel in shard["channels"] if channel["name"] == name]
+    assert len(listed) == 1, listed
+    shard, channel = listed[0]
+    assert f":{home[1]}" in shard and channel["pending"] == 6
+    assert channel["oldest_age"] is not None and channel["oldest_age"] >= 0
 
 
 def test_settings_module_with_the_cluster_backend(cluster, layer, tmp_path):

@@ -5,7 +5,8 @@ range in select()"); daphne with many WebSockets open gets there. Each test
 holds 1,500 descriptors first (raising this process's soft RLIMIT_NOFILE if
 needed, never the system's), so every socket the layer opens afterwards has
 a number above 1,023, then waits on two servers at once in every path that
-does so: blocking, a mixed ``!`` + normal receive, asyncio, Twisted, local mode.
+does so: blocking, a mixed ``!`` + normal receive, asyncio, Twisted, local mode,
+and the cluster layer over several masters.
 """
 
 import asyncio
@@ -19,7 +20,8 @@ import threading
 
 import pytest
 
-from asgi_redis import RedisChannelLayer, RedisLocalChannelLayer
+from asgi_redis import RedisChannelLayer, RedisClusterChannelLayer, RedisLocalChannelLayer
+from asgi_redis.cluster import key_slot
 
 HELD = 1500
 SELECT_LIMIT = 1024
@@ -175,3 +177,41 @@ def test_receive_twisted_over_two_shards(redis_shards, many_descriptors):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[('http.request', {'n': 0}), ('http.request', {'n': 1})]", done.stderr
+
+
+@pytest.fixture
+def cluster_layers(redis_cluster, many_descriptors):
+    made = []
+
+    def build():
+        layer = RedisClusterChannelLayer(hosts=[redis_cluster.url], prefix="fdtest:", expiry=2)
+        layer.blpop_timeout = 3
+        if not made:
+            layer.flush()
+        made.append(layer)
+        return layer
+
+    yield build
+    if made:
+        made[0].flush()
+    for layer in made:
+        layer.close()
+
+
+def test_cluster_blocking_receive_over_several_masters(cluster_layers, redis_cluster):
+    layer, sender = cluster_layers(), cluster_layers()
+    on = {}  # a "!" channel on each master
+    for number in range(200):
+        name = f"daphne.response.fd{number}!"
+        on.setdefault(redis_cluster.master_of_slot(key_slot(layer.layout.queue_key(name))).port, name)
+    assert len(on) == 3
+    channels = [*on.values(), "http.request"]  # a normal channel: buckets on every master
+    for target in [name + "x" for name in on.values()] + ["http.request"]:
+        timer = _send_soon(sender, target, {"to": target})
+        assert layer.receive(channels, block=True) == (target, {"to": target})
+        timer.join()
+    numbers = [connection._sock.fileno()
+               for address in layer.router.clients.known()
+               for connection in layer.router.client(address).connection_pool._available_connections
+               if connection._sock is not None]
+    assert len(numbers) >= 3 and max(numbers) >= SELECT_LIMIT

@@ -16,6 +16,7 @@ from asgi_redis import RedisChannelLayer, RedisClusterChannelLayer, RedisSentine
 from asgi_redis.cluster.keyslot import key_slot
 from asgi_redis.tools.exporter import ChannelFolding, LayerCollector, MetricsServer, parse_listen
 
+from .cluster import RedisCluster
 from .helpers import ROOT, LayerBuilder, cli_environment
 from .servers import RedisProcess
 from .topology import SentinelTopology
@@ -465,6 +466,43 @@ def test_cluster_layer_summed_over_masters(cluster_layers, redis_cluster, serve)
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_cluster_master_stopped_is_shard_up_0_the_others_still_scraped(serve):
+    """A cluster of its own (the shared one must keep its nodes): one master SIGKILLed by
+    its pid, without a replica to take over; full coverage off, so the others serve on."""
+    nodes = RedisCluster(masters=3, replicas=0, node_timeout_ms=1000,
+                         extra_config=["cluster-require-full-coverage no"])
+    layer = RedisClusterChannelLayer(hosts=[nodes.url], prefix=PREFIX, stats_prefix=STATS_PREFIX,
+                                     connection_kwargs={"socket_timeout": 2.0, "socket_connect_timeout": 1.0})
+    try:
+        victim = nodes.masters()[1]
+        on = {}  # a "!" channel on each master
+        for number in range(200):
+            name = f"daphne.response.n{number}!"
+            on.setdefault(nodes.master_of_slot(key_slot(layer.layout.queue_key(name))).port, name)
+        assert len(on) == 3
+        for name in on.values():
+            layer.send(name + "x", {})
+        describe = {node.port: layer.slots.describe(layer.slots.canonical(next(
+            slot for slot, owner in nodes.slot_owners(node).items() if owner == node.node_id)))
+            for node in nodes.masters()}
+        url = serve(layer)
+        before = scrape(url)
+        assert labelled(before, "asgi_redis_shard_up", "shard") == {shard: 1 for shard in describe.values()}
+        assert labelled(before, "asgi_redis_channel_pending_messages", "channel") == {name: 1 for name in on.values()}
+
+        nodes.kill_master(victim)
+        after = scrape(url)  # still a scrape, with what the live masters hold
+        assert labelled(after, "asgi_redis_shard_up", "shard") == {
+            shard: 0 if port == victim.port else 1 for port, shard in describe.items()}
+        assert labelled(after, "asgi_redis_channel_pending_messages", "channel") == {
+            name: 1 for port, name in on.items() if port != victim.port}
+        assert labelled(after, "asgi_redis_shard_round_trip_seconds", "shard").keys() == {
+            shard for port, shard in describe.items() if port != victim.port}
+    finally:
+        layer.close()
+        nodes.close()
 
 
 # -- the command line -----------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import redis
 from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 
-from .. import spec
+from .. import exhaustion, spec
 from ..connections import ShardSet
 from ..core import DEFAULT_MAX_MESSAGE_SIZE, RedisChannelLayer
 from ..errors import LayerConnectionError
@@ -40,6 +40,7 @@ from .router import ClusterRouter, SlotCommand
 
 Message = Dict[str, Any]
 RESCUE_INTERVAL = 2.0  # seconds between two looks at every bucket (see cluster/layout.py)
+WAIT_RETRY_PAUSE = 0.1  # seconds between two tries of a blocked receive's failed wait (failover)
 # commands a SlotClient sends to its node as they are: they name no key (the
 # multi-server wait's CLIENT UNBLOCK, SCRIPT LOAD, SCAN of a sweep)
 _NODE_COMMANDS = frozenset({"CLIENT", "SCRIPT", "SCAN", "INFO", "PING", "DBSIZE", "TYPE"})
@@ -169,6 +170,7 @@ class RedisClusterChannelLayer(RedisChannelLayer):
 
     default_hosts: Sequence[Any] = [("localhost", 6379)]
     rescue_interval = RESCUE_INTERVAL
+    wait_retry_pause = WAIT_RETRY_PAUSE
 
     def __init__(
         self,
@@ -262,6 +264,26 @@ class RedisClusterChannelLayer(RedisChannelLayer):
 
     def _sweep(self) -> List[Tuple[ShardSet, int]]:
         return [(self.slots, slot) for slot in self.slots.master_slots()]
+
+    def _wait_goes_on(self, error: LayerConnectionError) -> Optional[float]:
+        """A blocked receive whose wait failed waits again after a pause, up to its
+        deadline: a connection error, CLUSTERDOWN, UNBLOCKED or a redirection means a
+        failover or a resharding is under way, and the slot map read again (now, or at
+        the next try) names the master that serves the slot once a replica is promoted.
+        The error ends the receive when no node of the cluster answers at all, or when
+        this process is out of descriptors or connections (waiting would not help).
+
+        Only a wait is tried again, never a pop (whose lost reply may have held a
+        message). A BLPOP whose connection broke may itself have popped a message on
+        the server whose reply never arrived: that message is lost, never delivered
+        twice (at most once)."""
+        if exhaustion.is_exhaustion(error):
+            return None
+        try:
+            self.router.reread()
+        except LayerConnectionError:
+            return None
+        return self.wait_retry_pause
 
     def _flush_client(self, client: Any) -> int:
         # DEL of several keys must stay within one slot on a cluster

@@ -247,6 +247,15 @@ class ClusterRouter:
             self._map = current.moved(slot, address)
         self._stale = True  # a MOVED means more may have moved: read the whole map next
 
+    def reread(self) -> SlotMap:
+        """The map read again (after a failed wait), unless it was read less than
+        ``refresh_interval`` ago; LayerConnectionError when no node answers."""
+        current = self._map
+        if current is not None and time.monotonic() - self._last_refresh < self.refresh_interval:
+            self._stale = True  # read it at the next call that comes after the interval
+            return current
+        return self.refresh()
+
     def mark_stale(self) -> None:
         """Read the map again before the next call (after a node failed)."""
         self._stale = True

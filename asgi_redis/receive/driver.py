@@ -4,18 +4,21 @@
 error in, catches the result); the blocking path, the asyncio path and the
 Twisted pool thread all use it, and differ only in how one step's Redis call
 is made: :meth:`StepRunner.run` with a redis-py client,
-:meth:`StepRunner.run_async` with a redis.asyncio one. What a step means,
+:meth:`StepRunner.run_async` with a redis.asyncio one (and how a PAUSE rests:
+``time.sleep`` or ``asyncio.sleep``). What a step means,
 and the server quirks (whole-second BLPOP timeouts), are decided once here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, Callable, Optional, Tuple
 
 import redis
 
 from ..errors import LayerConnectionError
-from .plan import BLPOP, Step, Steps
+from .plan import BLPOP, PAUSE, Step, Steps
 from .port import NOTHING, LayerPort, Received
 
 
@@ -66,6 +69,9 @@ class StepRunner:
 
     def run_guarded(self, step: Step) -> Tuple[Any, Optional[LayerConnectionError]]:
         """``(reply, None)``, or ``(None, error)`` when the step's shard failed."""
+        if step.kind == PAUSE:
+            time.sleep(step.timeout)
+            return None, None
         try:
             with self.port.guard(step.shards, step.index, "receive"):
                 return self.run(step, step.shards.client(step.index)), None
@@ -87,6 +93,10 @@ class StepRunner:
             if step is None:
                 return driver.result
             reply, error = None, None
+            if step.kind == PAUSE:
+                await asyncio.sleep(step.timeout)
+                driver.answer(None)
+                continue
             try:
                 with self.port.guard(step.shards, step.index, "receive"):
                     reply = await self.run_async(step, client_for(step.shards, step.index))

@@ -9,19 +9,27 @@ each server in turn would be bounded by Redis's ``hz`` tick, 100 ms by
 default, however short the slices; servers that cannot cancel a wait
 (Redis < 5, see :class:`~asgi_redis.receive.quirks.ServerQuirks`) are
 nevertheless waited on in turn.
+
+A wait that fails ends the receive with the error, unless the layer expects
+the server back soon (``LayerPort.wait_goes_on``: a cluster promoting a
+replica); then the receive pauses and waits again, up to its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Callable, List, Optional
 
 from ..connections import ShardSet
+from ..errors import LayerConnectionError
 from .driver import Driver, StepRunner
 from .plan import ReceivePlan, Step
 from .port import NOTHING, LayerPort, Received, Target
 from .waiting import wait_everywhere
+
+logger = logging.getLogger("asgi_redis")
 
 Poll = Callable[[], Received]
 ClientFor = Callable[[ShardSet, int], Any]
@@ -49,17 +57,31 @@ class Receive:
         if self.on_one_server() or (not block and self.poll is None):
             return self.run_steps(block, timeout)
         deadline = time.monotonic() + (self.port.blpop_timeout if timeout is None else timeout)
+        waiting = failing = False
         while True:
-            found = self.poll() if self.poll is not None else NOTHING
-            if found[0] is None:
-                found = self.run_steps(False)
-            remaining = deadline - time.monotonic()
-            if found[0] is not None or not block or remaining <= 0:
-                return found
-            if self.port.quirks.client_unblock is not False:
-                found = wait_everywhere(self.port, self.plan.targets, deadline, self.poll, self.poll_interval)
-            else:  # Redis < 5 or an ACL without CLIENT UNBLOCK: wait in turns
-                found = self.run_steps(True, min(remaining, self.poll_interval if self.poll else remaining))
+            try:
+                found = self.poll() if self.poll is not None else NOTHING
+                if found[0] is None:
+                    found = self.run_steps(False)
+                remaining = deadline - time.monotonic()
+                if found[0] is not None or not block or remaining <= 0:
+                    return found
+                waiting = True
+                if self.port.quirks.client_unblock is not False:
+                    found = wait_everywhere(self.port, self.plan.targets, deadline, self.poll, self.poll_interval)
+                else:  # Redis < 5 or an ACL without CLIENT UNBLOCK: wait in turns
+                    found = self.run_steps(True, min(remaining, self.poll_interval if self.poll else remaining))
+            except LayerConnectionError as error:
+                # once waiting, a failure the layer expects to heal (a cluster failing
+                # over) is waited out: look again after a pause, until the deadline
+                pause = self.port.wait_goes_on(error) if waiting else None
+                if pause is None or deadline - time.monotonic() <= 0:
+                    raise
+                if not failing:  # once per receive, not at every try
+                    logger.warning("receive waits on through a failure: %s", error)
+                failing = True
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+                continue
             if found[0] is not None:
                 return found
 

@@ -33,10 +33,12 @@ logger = logging.getLogger("asgi_redis")
 POP = "pop"  # the layout's pop call: a Popped or None
 BLPOP = "blpop"  # BLPOP on ``keys`` for ``timeout`` seconds: (queue key, element) or None
 FOLLOW_UP = "follow_up"  # the layout's call after a BLPOP (classic: take_body)
+PAUSE = "pause"  # no call: ``timeout`` seconds of rest before a failed wait is tried again
 
 
 class Step(NamedTuple):
-    """One Redis call a receive needs, on one shard: a layout ``call``, or a BLPOP."""
+    """One Redis call a receive needs, on one shard: a layout ``call``, or a BLPOP
+    (or a PAUSE, which calls nothing)."""
 
     kind: str
     shards: ShardSet
@@ -90,6 +92,7 @@ class ReceivePlan:
     def _sweep(self) -> Generator[Step, Any, Tuple[Optional[Found], bool]]:
         """One pop call per target; (message or None, whether one was dropped)."""
         dropped = False
+        failed: List[Target] = []  # failed now, expected back soon (see LayerPort.wait_goes_on)
         for target in list(self.targets):
             shards, index, keys = target
             if len(keys) > 1:
@@ -98,8 +101,10 @@ class ReceivePlan:
             if popped is None:
                 try:
                     reply = yield Step(POP, shards, index, keys, call=self.layout.pop_call(keys))
-                except LayerConnectionError:
-                    self._lost(target)
+                except LayerConnectionError as error:
+                    # the pop is not sent again (its reply may have held a message); a
+                    # target the layer expects back is kept for the wait that follows
+                    self._lost(target, keep=failed if self.port.wait_goes_on(error) is not None else None)
                     continue
                 popped = self.layout.read_pop(reply)
             if popped is not None:
@@ -112,18 +117,33 @@ class ReceivePlan:
     def _wait(self, deadline: float) -> Generator[Step, Any, Optional[Found]]:
         """BLPOP until a message arrives or the deadline passes; None for nothing."""
         slice_length = None if len(self.targets) == 1 else self.port.shard_poll_interval
+        failure: Optional[LayerConnectionError] = None  # of the last wait, if it failed
         while True:
             for target in list(self.targets):
                 shards, index, keys = target
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if failure is not None:
+                        raise failure  # the time is up, and the last try to wait failed
                     return None
-                timeout = min(remaining, slice_length or remaining, block_limit(shards.client(index)))
                 try:
+                    timeout = min(remaining, slice_length or remaining, block_limit(shards.client(index)))
                     reply = yield Step(BLPOP, shards, index, keys, timeout)
-                except LayerConnectionError:
-                    self._lost(target)
-                    return None  # look again on the shards left
+                except LayerConnectionError as error:
+                    # A wait that broke took nothing we could see (a BLPOP whose reply was
+                    # lost may have popped a message on the server: that one is lost, never
+                    # delivered twice). When the layer expects the shard back (a cluster
+                    # failing over), wait again after a pause instead of failing.
+                    pause = self.port.wait_goes_on(error)
+                    if pause is None:
+                        self._lost(target)
+                        return None  # look again on the shards left
+                    if failure is None:  # once per outage, not at every try
+                        logger.warning("receive waits on through a failure: %s", error)
+                    failure = error
+                    yield Step(PAUSE, shards, index, [], max(0.0, min(pause, deadline - time.monotonic())))
+                    continue
+                failure = None
                 if not reply:
                     continue
                 outcome = self.layout.after_wait(reply[0], reply[1])
@@ -136,17 +156,23 @@ class ReceivePlan:
                 if found is not None:
                     return found
 
-    def _lost(self, target: Target) -> None:
+    def _lost(self, target: Target, keep: Optional[List[Target]] = None) -> None:
         """A shard failed: go on with the others; with none left, the error stands.
 
         Normal channels are spread over every shard, so one shard down must not
-        stop receives from the others (nothing was popped from the failed one)."""
+        stop receives from the others (nothing was popped from the failed one).
+        With ``keep`` (the targets that failed in this sweep and are expected
+        back) the target is skipped for now, not dropped."""
         error = sys.exc_info()[1]
-        remaining = [kept for kept in self.targets if kept is not target]
+        gone = keep if keep is not None else []
+        remaining = [kept for kept in self.targets if kept is not target and kept not in gone]
         if not remaining:
             raise error  # type: ignore[misc]
         logger.warning("receive goes on without a shard: %s", error)
-        self.targets = remaining
+        if keep is not None:
+            keep.append(target)
+        else:
+            self.targets = [kept for kept in self.targets if kept is not target]
 
 
 def block_limit(client: Any) -> float:

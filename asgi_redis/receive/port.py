@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, ContextManager, List, Optional, Protocol, Tuple
 
 from ..connections import ShardSet
+from ..errors import LayerConnectionError
 from ..layouts.base import Layout, Popped
 from .quirks import ServerQuirks
 
@@ -37,3 +38,8 @@ class LayerPort(Protocol):
 
     def decode(self, popped: Popped) -> Optional[Found]:
         """``(channel, message)`` of a popped message, or None when it cannot be decoded (dropped)."""
+
+    def wait_goes_on(self, error: LayerConnectionError) -> Optional[float]:
+        """After a blocking receive's wait failed with ``error``: the seconds to pause
+        before waiting again (the layer expects the server back soon, as a cluster's
+        promoted replica), or None for the error to end the receive."""

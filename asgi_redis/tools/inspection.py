@@ -72,6 +72,7 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
     compact = layer.layout.name == "compact"
     prefix = layer.layout.key_prefix if compact else layer.prefix  # compact: only its own keys
     group_prefix = f"{prefix}:group:"
+    channels: Dict[str, ChannelInfo] = {}
     for keys in _keys_under(client, prefix):
         contents.scanned += len(keys)
         types = _pipelined(client, [("type", key) for key in keys])
@@ -89,20 +90,35 @@ def inspect_shard(layer: RedisChannelLayer, description: str, client: redis.Redi
                 contents.bodies += 1
             elif kind != "none":  # "none": expired between SCAN and TYPE
                 contents.other_keys += 1
-        contents.channels += _measure_channels(layer, client, lists)
+        # a cluster keeps a normal channel in a bucket per slot range, and after a resharding
+        # in more than one on the same master: each is a queue of its own, listed as one
+        for channel in _measure_channels(layer, client, lists):
+            _merge_channel(channels, channel)
         contents.groups += _measure_groups(layer, client, groups)
         # enough of both, or a keyspace so large (mostly message bodies) that walking
         # all of it would take long: stop, and say the listing may be partial
-        if (len(contents.channels) >= limit and len(contents.groups) >= limit) \
+        if (len(channels) >= limit and len(contents.groups) >= limit) \
                 or contents.scanned >= budget:
             contents.complete = False
             break
+    contents.channels = list(channels.values())
     contents.channels.sort(key=lambda channel: (-channel.pending, channel.name))
     contents.groups.sort(key=lambda group: (-group.members, group.name))
     if len(contents.channels) > limit or len(contents.groups) > limit:
         contents.complete = False
     del contents.channels[limit:], contents.groups[limit:]
     return contents
+
+
+def _merge_channel(channels: Dict[str, ChannelInfo], channel: ChannelInfo) -> None:
+    """Add ``channel`` to ``channels``: the pending counts of one name summed, the oldest age kept."""
+    known = channels.get(channel.name)
+    if known is None:
+        channels[channel.name] = channel
+        return
+    ages = [age for age in (known.oldest_age, channel.oldest_age) if age is not None]
+    channels[channel.name] = ChannelInfo(name=channel.name, pending=known.pending + channel.pending,
+                                         oldest_age=max(ages) if ages else None)
 
 
 def _measure_channels(layer: RedisChannelLayer, client: redis.Redis,
