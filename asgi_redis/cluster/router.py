@@ -51,7 +51,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from .. import retry
+from .. import checkout, retry
 from ..errors import LayerConnectionError
 from ..scripts import Command, LuaScript
 from .keyslot import key_slot
@@ -434,18 +434,18 @@ class ClusterRouter:
             pool = self.clients.get(address).connection_pool
             connection = None
             try:
-                connection = pool.get_connection()  # connects (with the policy's one retry) if needed
+                connection, from_idle = checkout.take(pool)  # connects (with the policy's one retry) if needed
                 connection.send_packed_command(connection.pack_commands(commands))
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 if connection is not None:
                     connection.disconnect()
-                    pool.release(connection)
+                    checkout.give_back(pool, connection, from_idle)
                 failure = self._connection_failure(action, address, error, written=connection is not None)
                 out += [(item, failure) for item in batch]
                 continue
-            sent.append((address, batch, pool, connection, skip))
-        for address, batch, pool, connection, skip in sent:
-            out += self._read_batch(address, batch, pool, connection, skip, action)
+            sent.append((address, batch, pool, (connection, from_idle), skip))
+        for address, batch, pool, held, skip in sent:
+            out += self._read_batch(address, batch, pool, held, skip, action)
         return out
 
     def _write_and_read_one(self, item: _Pending, action: str) -> List[Tuple[_Pending, Any]]:
@@ -454,7 +454,7 @@ class ClusterRouter:
         pool = self.clients.get(address).connection_pool  # type: ignore[arg-type]
         connection = None
         try:
-            connection = pool.get_connection()
+            connection, from_idle = checkout.take(pool)
             command = _command(item.call)
             packed = (connection.pack_commands([("ASKING",), command]) if item.asking
                       else connection.pack_command(*command))
@@ -462,13 +462,14 @@ class ClusterRouter:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             if connection is not None:
                 connection.disconnect()
-                pool.release(connection)
+                checkout.give_back(pool, connection, from_idle)
             return [(item, self._connection_failure(action, address, error,  # type: ignore[arg-type]
                                                     written=connection is not None))]
-        return self._read_batch(address, [item], pool, connection, 0, action)  # type: ignore[arg-type]
+        return self._read_batch(address, [item], pool, (connection, from_idle), 0, action)  # type: ignore[arg-type]
 
-    def _read_batch(self, address: Address, batch: List[_Pending], pool: Any, connection: Any,
+    def _read_batch(self, address: Address, batch: List[_Pending], pool: Any, held: Tuple[Any, bool],
                     skip: int, action: str) -> List[Tuple[_Pending, Any]]:
+        connection, from_idle = held
         out: List[Tuple[_Pending, Any]] = []
         try:
             try:
@@ -483,7 +484,7 @@ class ClusterRouter:
                 failure = self._connection_failure(action, address, error, written=True)
                 out += [(item, failure) for item in batch[len(out):]]
         finally:
-            pool.release(connection)
+            checkout.give_back(pool, connection, from_idle)
         return out
 
     def _connection_failure(self, action: str, address: Address, error: BaseException,
