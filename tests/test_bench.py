@@ -20,12 +20,12 @@ EXPECTED_ROWS = [
     "encrypted send", "encrypted send + receive pair",
     "2 shards: send", "2 shards: send + receive pair",
     "2 shards: blocking receive p50", "2 shards: blocking receive p99",
-    "compact: send", "compact: send + receive pair",
+    "compact: send", "compact: send vs the layer's connection path", "compact: send + receive pair",
     "compact: blocking receive p50", "compact: blocking receive p99",
     "compact: send_group 10 members", "compact: send_group 100 members",
     "send_group 100 members of 1 process", "send_group 100 members of 4 processes",
     "compact: send_group 100 members of 1 process", "compact: send_group 100 members of 4 processes",
-    "Redis time per delivered message (send + receive)",
+    "Redis time per delivered message (send + receive)", "Redis CPU per delivered message (INFO cpu)",
     *(f"{layout} layout: refused send, capacity {capacity:,}"
       for layout in ("classic", "compact") for capacity in (100, 500, 2000)),
 ]
