@@ -23,6 +23,8 @@ import pytest
 from asgi_redis import RedisChannelLayer, RedisClusterChannelLayer, RedisLocalChannelLayer
 from asgi_redis.cluster import key_slot
 
+from .helpers import built_layers
+
 HELD = 1500
 SELECT_LIMIT = 1024
 
@@ -181,21 +183,12 @@ def test_receive_twisted_over_two_shards(redis_shards, many_descriptors):
 
 @pytest.fixture
 def cluster_layers(redis_cluster, many_descriptors):
-    made = []
-
-    def build():
-        layer = RedisClusterChannelLayer(hosts=[redis_cluster.url], prefix="fdtest:", expiry=2)
+    def cluster_layer(**config):
+        layer = RedisClusterChannelLayer(**config)
         layer.blpop_timeout = 3
-        if not made:
-            layer.flush()
-        made.append(layer)
         return layer
 
-    yield build
-    if made:
-        made[0].flush()
-    for layer in made:
-        layer.close()
+    yield from built_layers(cluster_layer, hosts=[redis_cluster.url], prefix="fdtest:", expiry=2)
 
 
 def test_cluster_blocking_receive_over_several_masters(cluster_layers, redis_cluster):
