@@ -25,7 +25,8 @@ EXPECTED_ROWS = [
     "compact: send_group 10 members", "compact: send_group 100 members",
     "send_group 100 members of 1 process", "send_group 100 members of 4 processes",
     "compact: send_group 100 members of 1 process", "compact: send_group 100 members of 4 processes",
-    "Redis time per delivered message (send + receive)", "Redis CPU per delivered message (INFO cpu)",
+    "Redis time per delivered message (send + receive)", "Redis script time per delivered message (EVALSHA rows)",
+    "Redis CPU per delivered message (INFO cpu)",
     *(f"{layout} layout: refused send, capacity {capacity:,}"
       for layout in ("classic", "compact") for capacity in (100, 500, 2000)),
 ]

@@ -278,8 +278,9 @@ class Bench:
         (deltas, so other clients' commands on a shared server count too; run it alone)."""
         client = self.raw
         rounds = max(1, self.rounds // 3)
-        count = max(20, self.ops)
+        count = max(20, self.ops * 5)  # a figure per round steadier than the rates need
         per_message: Dict[str, List[float]] = {"classic": [], "compact": []}
+        scripts_only: Dict[str, List[float]] = {"classic": [], "compact": []}  # the EVALSHA rows alone
         cpu: Dict[str, List[float]] = {"classic": [], "compact": []}
         for number in range(rounds):
             for name in ("classic", "compact") if number % 2 == 0 else ("compact", "classic"):
@@ -292,12 +293,15 @@ class Bench:
                         raise CommandError("benchmark lost a message: receive found nothing right after send")
                 # the compact layout pops with a plain LPOP; classic's LPOP runs inside its script
                 top_level = ("evalsha", "blpop", "lpop", "lmpop") if name == "compact" else ("evalsha", "blpop")
-                per_message[name].append(_usec_since(client, before, top_level) / count)
+                after = _command_usec(client)
+                per_message[name].append(_usec_between(before, after, top_level) / count)
+                scripts_only[name].append(_usec_between(before, after, ("evalsha",)) / count)
                 # everything the server did meanwhile (reading, replying, the two INFO calls)
                 cpu[name].append((_cpu_seconds(client) - cpu_before) * 1e6 / count)
                 layer.flush()
         rows = []
         for label, figures in (("Redis time per delivered message (send + receive)", per_message),
+                               ("Redis script time per delivered message (EVALSHA rows)", scripts_only),
                                ("Redis CPU per delivered message (INFO cpu)", cpu)):
             ours, theirs = statistics.median(figures["compact"]), statistics.median(figures["classic"])
             rows.append(self._add(Row(label, "us", ours, theirs, "classic layout (1.4.3's)",
@@ -443,8 +447,13 @@ def targets(rows: Sequence[Row]) -> List[str]:
     time_row = next((row for row in rows if row.name.startswith("Redis time per delivered")), None)
     if time_row:
         verdict = "met" if time_row.ratio >= 2 else "NOT met"
-        lines.append(f"target: compact Redis time per delivered message <= half the classic layout's: "
-                     f"{1 / time_row.ratio:.2f}x ({verdict})")
+        lines.append(f"target: compact Redis time per delivered message, its plain LPOP counted too, <= half "
+                     f"the classic layout's: {1 / time_row.ratio:.2f}x ({verdict})")
+    scripts_row = next((row for row in rows if row.name.startswith("Redis script time per delivered")), None)
+    if scripts_row:
+        verdict = "met" if scripts_row.ratio >= 2 else "NOT met"
+        lines.append(f"target: compact script time (EVALSHA rows) per delivered message <= half the classic "
+                     f"layout's: {1 / scripts_row.ratio:.2f}x ({verdict})")
     cpu_row = next((row for row in rows if row.name.startswith("Redis CPU per delivered")), None)
     if cpu_row:
         verdict = "met" if cpu_row.ratio > 1 else "NOT met"
@@ -588,7 +597,10 @@ def _command_usec(client: redis.Redis) -> Dict[str, int]:
 def _usec_since(client: redis.Redis, before: Dict[str, int], names: Sequence[str]) -> float:
     """Microseconds Redis spent in the top-level commands ``names`` since ``before``
     (what a script runs is inside its EVALSHA figure, so it is not counted twice)."""
-    after = _command_usec(client)
+    return _usec_between(before, _command_usec(client), names)
+
+
+def _usec_between(before: Dict[str, int], after: Dict[str, int], names: Sequence[str]) -> float:
     return float(sum(after.get(f"cmdstat_{name}", 0) - before.get(f"cmdstat_{name}", 0) for name in names))
 
 
