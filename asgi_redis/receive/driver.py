@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import redis
 
+from .. import checkout
 from ..errors import LayerConnectionError
 from .plan import BLPOP, PAUSE, Step, Steps
 from .port import NOTHING, LayerPort, Received
@@ -82,6 +83,8 @@ class StepRunner:
         """One step with a blocking redis-py client."""
         if step.call is not None:
             return step.call.script(client, step.call.keys, step.call.args)
+        if type(client) is redis.Redis:  # on a borrowed connection, as sends and pops
+            return self._blpop(step, lambda timeout: checkout.execute(client, "BLPOP", *step.keys, timeout))
         return self._blpop(step, lambda timeout: client.blpop(step.keys, timeout=timeout))
 
     # -- asyncio -------------------------------------------------------------------
