@@ -38,6 +38,7 @@ logger = logging.getLogger("asgi_redis")
 Message = Dict[str, Any]
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 _FLUSH_BATCH = 1000  # keys per SCAN reply and per DEL in a flush
+_TARGETS_CACHED = 1024  # channel lists whose receive targets are remembered
 _random = random.SystemRandom()
 
 
@@ -108,6 +109,8 @@ class RedisChannelLayer(ExtensionsMixin):
         self.normal_shards: ShardSet = self._create_normal_shards()
         self._send_turn = itertools.count()
         self._receive_turn = itertools.count()
+        # channel lists received on most -> their targets (fixed once the shards are)
+        self._targets_cache: Dict[Tuple[str, ...], List[Target]] = {}
         self.undecodable_count = 0
         # in-process instruments (asgi_redis.metrics): off unless asked for, and then
         # put on this object only, so a layer without them runs the plain methods
@@ -335,7 +338,17 @@ class RedisChannelLayer(ExtensionsMixin):
         return [(self.normal_shards, index) for index in range(len(self.normal_shards))]
 
     def _receive_targets(self, names: List[str]) -> List[Target]:
-        """Queue keys to look at, grouped per shard and as the layout lets one pop cover them."""
+        """Queue keys to look at, grouped per shard and as the layout lets one pop cover them
+        (remembered per channel list: a worker receives on the same list all its life)."""
+        cached = self._targets_cache.get(tuple(names))
+        if cached is None:
+            cached = self._compute_receive_targets(names)
+            if len(self._targets_cache) >= _TARGETS_CACHED:
+                self._targets_cache.clear()  # lists of single-use ? names must not grow it without end
+            self._targets_cache[tuple(names)] = cached
+        return [(shards, index, list(keys)) for shards, index, keys in cached]
+
+    def _compute_receive_targets(self, names: List[str]) -> List[Target]:
         grouped: Dict[Tuple[int, int], Tuple[ShardSet, int, List[bytes]]] = {}
         for name in names:
             for shards, index in self._targets_for(name):

@@ -548,3 +548,13 @@ def test_a_subclass_builds_its_own_layout_once(redis_server):
         assert layer.layout.name == "compact" and layer._receive_port.layout is layer.layout
     finally:
         layer.close()
+
+
+def test_remembered_receive_targets_stay_bounded_and_unshared(layer):
+    # a worker receives on one list all its life (remembered); single-use ? names must not grow it
+    for n in range(3000):
+        layer.receive([f"reply?{n:05d}"])
+    assert 0 < len(layer._targets_cache) <= 1024
+    first = layer._receive_targets(["a", "b?x"])
+    first[0][2].append(b"mutated by a caller")
+    assert b"mutated by a caller" not in layer._receive_targets(["a", "b?x"])[0][2]
