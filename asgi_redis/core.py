@@ -340,12 +340,13 @@ class RedisChannelLayer(ExtensionsMixin):
     def _receive_targets(self, names: List[str]) -> List[Target]:
         """Queue keys to look at, grouped per shard and as the layout lets one pop cover them
         (remembered per channel list: a worker receives on the same list all its life)."""
-        cached = self._targets_cache.get(tuple(names))
+        key = tuple(names)
+        cached = self._targets_cache.get(key)
         if cached is None:
             cached = self._compute_receive_targets(names)
             if len(self._targets_cache) >= _TARGETS_CACHED:
                 self._targets_cache.clear()  # lists of single-use ? names must not grow it without end
-            self._targets_cache[tuple(names)] = cached
+            self._targets_cache[key] = cached
         return [(shards, index, list(keys)) for shards, index, keys in cached]
 
     def _compute_receive_targets(self, names: List[str]) -> List[Target]:

@@ -49,6 +49,7 @@ _STATS = ("messages_count", "channel_full_count")
 _VERSION_BYTE = b"1"
 _SINGLE, _FANOUT = b"m", b"f"
 _HEAD = 15  # version byte, 13-digit deadline, kind byte
+_SINGLE_HEAD = _VERSION_BYTE + b"%013d" + _SINGLE  # formatted with the deadline: a one-message entry's head
 _USE_SCRIPT = object()  # _PlainPop: the plain command could not settle it
 Body = Union[bytes, GroupEntry]
 
@@ -248,7 +249,7 @@ class CompactLayout(Layout):
             # the usual send: the short script, arguments ready-made
             queue, (body,) = runs[0]
             keys = self._send_keys(queue)
-            entry = b"1%013dm" % (now + self._expiry_ms) + body
+            entry = _SINGLE_HEAD % (now + self._expiry_ms) + body
             return [Call(SEND, keys.keys, (b"%d" % now, keys.capacity, entry, self._refresh(keys), self._queue_ttl))]
         head = _VERSION_BYTE + b"%013d" % (now + self._expiry_ms)
         constants = [str(now).encode(), self._queue_ttl]
